@@ -1,0 +1,58 @@
+"""Audio input: any file soundfile reads, any rate and channel count -> mono float at 16 kHz."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message names the file and the problem."""
+
+
+def to_mono_16k(data: np.ndarray, sample_rate: int, target_rate: int = 16000, name: str = "<audio>") -> torch.Tensor:
+    """Mix down and resample decoded samples.
+
+    Args:
+        data: shape (samples,) or (samples, channels), any numeric dtype soundfile returns.
+    Returns:
+        float32 tensor of shape (samples',) at ``target_rate``.
+    """
+    wav = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    if wav.ndim == 2:
+        wav = wav.mean(dim=1)
+    if wav.numel() == 0:
+        raise AudioError(f"{name}: no samples (empty audio)")
+    if not torch.isfinite(wav).all():
+        raise AudioError(f"{name}: contains NaN or Inf samples")
+    if sample_rate != target_rate:
+        wav = AF.resample(wav, sample_rate, target_rate)
+    return wav
+
+
+def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | None = None) -> torch.Tensor:
+    """Read an audio file (or its bytes) as mono float32 at ``target_rate``; shape (samples,)."""
+    name = name or (str(path) if not isinstance(path, bytes) else "<bytes>")
+    source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=False)
+    except FileNotFoundError as e:
+        raise AudioError(f"{name}: file not found") from e
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"{name}: cannot decode audio ({e})") from e
+    return to_mono_16k(data, rate, target_rate, name)
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the file header, without decoding the samples."""
+    try:
+        info = sf.info(str(path))
+    except FileNotFoundError as e:
+        raise AudioError(f"{path}: file not found") from e
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: cannot read audio header ({e})") from e
+    return info.frames / info.samplerate

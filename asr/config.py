@@ -1,0 +1,150 @@
+"""Typed configuration: frozen dataclasses loaded from YAML, overridable as ``key=value``.
+
+Unknown keys and values of the wrong type fail at once with the key named, so a typo in
+``train.lr=1e-3`` is an error rather than a silent no-op.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel front end; the same values must be used in training and inference."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+
+
+@dataclass(frozen=True)
+class SpecAugConfig:
+    """SpecAugment masks, applied to training batches only."""
+
+    freq_masks: int = 2
+    freq_width: int = 15
+    time_masks: int = 5
+    time_width: int = 20
+    time_width_frac: float = 0.05  # no time mask wider than this fraction of the utterance
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: str = "char"  # "char" or "sentencepiece"
+    vocab_size: int = 256  # sentencepiece only
+    model_type: str = "unigram"  # sentencepiece only
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    subsample_channels: int = 32
+    hidden: int = 256  # per direction
+    layers: int = 3
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    max_minutes: float = 0.0  # stop after this much wall time (0: no limit)
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 200
+    final_lr_frac: float = 0.05  # cosine decay to lr * final_lr_frac
+    grad_clip: float = 5.0
+    max_frames: int = 40000  # feature frames (10 ms) per batch, padding included
+    max_batch: int = 128
+    num_buckets: int = 10
+    shuffle_buffer: int = 2000
+    num_workers: int = 1
+    accum_steps: int = 1
+    seed: int = 1234
+    bf16: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    log_every: int = 10
+    threads: int = 0  # torch CPU threads (0: leave the default)
+    max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaug: SpecAugConfig = field(default_factory=SpecAugConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check ``value`` against ``typ``; ints are accepted where floats are expected."""
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, typ) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or '<root>'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = from_dict(typ, value, prefix=f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, typ, full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` -> (["train", "lr"], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read ``path`` (YAML; None for the defaults) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from e
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{k}' is not a section")
+        node[keys[-1]] = value
+    return from_dict(ExperimentConfig, data)

@@ -1,0 +1,137 @@
+"""Log-mel features, global CMVN and SpecAugment: the same code on CPU and GPU, in batches.
+
+Shapes: waveforms (B, S) with ``lengths`` (B,) in samples; features (B, T, F) with lengths (B,)
+in frames. Padding is zeros everywhere, and frames of a padded batch equal those of the same
+utterance computed alone.
+"""
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from asr.config import FeatureConfig, SpecAugConfig
+
+
+def frame_lengths(lengths: Tensor, cfg: FeatureConfig) -> Tensor:
+    """Number of feature frames for waveforms of ``lengths`` samples; shape (B,)."""
+    hop = int(cfg.sample_rate * cfg.hop_ms / 1000)
+    return torch.div(lengths, hop, rounding_mode="floor") + 1
+
+
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B, max_len) bool mask, True on valid positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class LogMel(nn.Module):
+    """80-dim log-mel filterbank (25 ms window, 10 ms hop by default)."""
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.cfg = cfg
+        # Zero (not reflect) padding at the edges, so a batch's zero padding changes nothing.
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            win_length=int(cfg.sample_rate * cfg.win_ms / 1000),
+            hop_length=int(cfg.sample_rate * cfg.hop_ms / 1000),
+            n_mels=cfg.n_mels,
+            power=2.0,
+            center=True,
+            pad_mode="constant",
+        )
+
+    def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """wav (B, S) float, lengths (B,) -> feats (B, T, n_mels), frame lengths (B,)."""
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            spec = self.mel(wav.float())  # (B, F, T)
+        feats = torch.log(spec + 1e-6).transpose(1, 2)
+        flen = frame_lengths(lengths, self.cfg).clamp(max=feats.shape[1])
+        feats = feats.masked_fill(~length_mask(flen, feats.shape[1])[..., None], 0.0)
+        return feats, flen
+
+
+def log_mel(wav: Tensor, cfg: FeatureConfig) -> Tensor:
+    """Features of one waveform: wav (S,) -> (T, n_mels)."""
+    feats, _ = LogMel(cfg).to(wav.device)(wav[None], torch.tensor([wav.shape[-1]], device=wav.device))
+    return feats[0]
+
+
+class GlobalCMVN(nn.Module):
+    """Mean/variance normalisation with statistics of the training set, stored in the model package."""
+
+    def __init__(self, n_mels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    def set_stats(self, mean: Tensor, std: Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=1e-3))
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """feats (B, T, F) -> normalised (B, T, F), padding kept at zero."""
+        out = (feats - self.mean) / self.std
+        return out.masked_fill(~length_mask(lengths, feats.shape[1])[..., None], 0.0)
+
+
+class CMVNAccumulator:
+    """Running sums of feature frames, for global mean and standard deviation."""
+
+    def __init__(self, n_mels: int):
+        self.total = torch.zeros(n_mels, dtype=torch.float64)
+        self.total_sq = torch.zeros(n_mels, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, feats: Tensor, lengths: Tensor) -> None:
+        """feats (B, T, F), padding at zero; lengths (B,)."""
+        mask = length_mask(lengths, feats.shape[1])
+        valid = feats[mask].double().cpu()
+        self.total += valid.sum(0)
+        self.total_sq += (valid**2).sum(0)
+        self.count += valid.shape[0]
+
+    def stats(self) -> tuple[Tensor, Tensor]:
+        if self.count == 0:
+            raise ValueError("CMVN: no feature frames were accumulated")
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean**2).clamp(min=1e-6)
+        return mean.float(), var.sqrt().float()
+
+
+def spec_augment(feats: Tensor, lengths: Tensor, cfg: SpecAugConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Random frequency and time masks, drawn per utterance, set to zero (the CMVN mean).
+
+    feats (B, T, F) normalised features; lengths (B,) -> (B, T, F).
+    """
+    B, T, F = feats.shape
+    dev = feats.device
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=generator).to(dev)
+
+    keep = torch.ones(B, T, F, dtype=torch.bool, device=dev)
+    if cfg.freq_masks > 0 and cfg.freq_width > 0:
+        width = (rand(B, cfg.freq_masks) * (cfg.freq_width + 1)).long()
+        start = (rand(B, cfg.freq_masks) * (F - width).clamp(min=1)).long()
+        f = torch.arange(F, device=dev)[None, None, :]
+        masked = ((f >= start[..., None]) & (f < (start + width)[..., None])).any(1)  # (B, F)
+        keep &= ~masked[:, None, :]
+    if cfg.time_masks > 0 and cfg.time_width > 0:
+        max_w = torch.minimum(torch.full_like(lengths, cfg.time_width), (lengths.float() * cfg.time_width_frac).long())
+        width = (rand(B, cfg.time_masks) * (max_w[:, None].float() + 1)).long()
+        start = (rand(B, cfg.time_masks) * (lengths[:, None] - width).clamp(min=1).float()).long()
+        t = torch.arange(T, device=dev)[None, None, :]
+        masked = ((t >= start[..., None]) & (t < (start + width)[..., None])).any(1)  # (B, T)
+        keep &= ~masked[:, :, None]
+    return feats * keep
+
+
+class SpecAugment(nn.Module):
+    def __init__(self, cfg: SpecAugConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        return spec_augment(feats, lengths, self.cfg) if self.training else feats
