@@ -135,3 +135,21 @@ class SpecAugment(nn.Module):
 
     def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
         return spec_augment(feats, lengths, self.cfg) if self.training else feats
+
+
+class FeatureExtractor(nn.Module):
+    """waveforms -> log-mel -> CMVN -> SpecAugment (in training mode only), in one batched call."""
+
+    def __init__(self, cfg: FeatureConfig, specaug: SpecAugConfig | None = None):
+        super().__init__()
+        self.logmel = LogMel(cfg)
+        self.cmvn = GlobalCMVN(cfg.n_mels)
+        self.specaug = SpecAugment(specaug) if specaug is not None else None
+
+    def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """wav (B, S), lengths (B,) in samples -> feats (B, T, F), lengths (B,) in frames."""
+        feats, flen = self.logmel(wav, lengths)
+        feats = self.cmvn(feats, flen)
+        if self.specaug is not None and self.training:
+            feats = self.specaug(feats, flen)
+        return feats, flen
