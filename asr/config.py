@@ -71,6 +71,10 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 0  # torch CPU threads (0: leave the default)
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
+    cmvn_utts: int = 2000  # training utterances read for the CMVN statistics (0: all)
+    save_every_steps: int = 0  # also checkpoint mid-epoch every N steps (0: at epoch ends only)
+    keep_epochs: int = 5  # per-epoch model packages kept for averaging
+    max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
 
 
 @dataclass(frozen=True)

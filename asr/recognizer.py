@@ -5,34 +5,38 @@ import torch
 from torch import Tensor
 
 from asr.features import FeatureExtractor
+from asr.model import AcousticModel
 from asr.package import ModelPackage
-
-
-def pad_waveforms(wavs: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """list of (S_i,) -> padded (B, max S) with zeros, lengths (B,)."""
-    lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long)
-    out = torch.zeros(len(wavs), int(lengths.max()))
-    for i, w in enumerate(wavs):
-        out[i, : w.shape[0]] = w
-    return out, lengths
+from asr.text import Tokenizer
 
 
 class Recognizer:
-    """A loaded model package ready to turn audio into CTC log-probs."""
+    """A model with its front end (log-mel + CMVN) and tokenizer, ready to turn audio into CTC log-probs."""
 
-    def __init__(self, package: ModelPackage, device: str | torch.device = "cpu"):
-        self.package = package
+    def __init__(self, model: AcousticModel, frontend: FeatureExtractor, tokenizer: Tokenizer,
+                 device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.tokenizer = package.tokenizer
-        self.frontend = FeatureExtractor(package.features).to(self.device).eval()
-        self.frontend.cmvn.set_stats(package.cmvn_mean.to(self.device), package.cmvn_std.to(self.device))
-        self.model = package.model.to(self.device).eval()
+        self.model = model
+        self.frontend = frontend
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, device: str | torch.device = "cpu") -> "Recognizer":
+        frontend = FeatureExtractor(package.features)
+        frontend.cmvn.set_stats(package.cmvn_mean, package.cmvn_std)
+        return cls(package.model.to(device).eval(), frontend.to(device).eval(), package.tokenizer, device)
 
     @torch.inference_mode()
     def log_probs(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """wav (B, S) at the model's sample rate, lengths (B,) -> log_probs (B, T', V), lengths (B,)."""
+        """wav (B, S) at the model's sample rate, lengths (B,) -> log_probs (B, T', V) float32, lengths (B,)."""
+        was_training = self.model.training, self.frontend.training
+        self.model.eval()
+        self.frontend.eval()
         wav, lengths = wav.to(self.device), lengths.to(self.device)
         feats, flen = self.frontend(wav, lengths)
         use_bf16 = self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return self.model(feats, flen)
+            out = self.model(feats, flen)
+        self.model.train(was_training[0])
+        self.frontend.train(was_training[1])
+        return out

@@ -1,0 +1,249 @@
+"""The ``asr`` command: synth, prepare, shard, train, evaluate, transcribe, lm.
+
+Each subcommand reads files the previous stage wrote, so any stage can be rerun alone. A command
+that had to skip bad input says how many and why, and exits with status 3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("asr")
+
+EXIT_SKIPPED = 3
+
+
+def _report(problems: list[str], what: str, strict: bool = False) -> int:
+    """Summarise skipped items; the exit status tells scripts that something was skipped."""
+    if not problems:
+        return 0
+    print(f"{len(problems)} {what} skipped:", file=sys.stderr)
+    for p in problems[:20]:
+        print(f"  {p}", file=sys.stderr)
+    if len(problems) > 20:
+        print(f"  ... and {len(problems) - 20} more", file=sys.stderr)
+    return EXIT_SKIPPED
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from asr.data.synth import make_corpus
+
+    problems = make_corpus(args.out, args.num_train, args.num_test, args.num_dev, text_files=args.text or None,
+                           test_voices=args.test_voices or None, num_train_voices=args.train_voices,
+                           seed=args.seed, jobs=args.jobs, use_flite=not args.no_flite)
+    print(f"wrote synthetic corpus to {args.out}")
+    return _report(problems, "utterances")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from asr.data.librispeech import prepare_librispeech
+    from asr.data.manifest import write_manifest
+
+    problems: list[str] = []
+    utts = prepare_librispeech(args.root, problems)
+    n = write_manifest(args.output, utts)
+    hours = sum(u.duration for u in utts) / 3600
+    print(f"{args.output}: {n} utterances, {hours:.2f} h")
+    return _report(problems, "utterances")
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from asr.data.manifest import read_manifest
+    from asr.data.shards import write_shards
+
+    problems: list[str] = []
+    utts = read_manifest(args.manifest, strict=args.strict, problems=problems)
+    split = args.split or Path(args.manifest).name.split(".")[0]
+    paths = write_shards(utts, args.output, split, args.max_per_shard, problems)
+    print(f"{args.output}: {len(paths)} shards of {split}")
+    return _report(problems, "utterances")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from asr.config import load_config
+    from asr.data.manifest import read_manifest
+    from asr.data.shards import resolve_shards
+    from asr.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    shards = resolve_shards(args.train)
+    dev = read_manifest(args.dev) if args.dev else []
+    summary = train(cfg, shards, dev, args.exp, device=args.device, resume=args.resume)
+    print(json.dumps(summary))
+    return 0
+
+
+def make_decoder(args: argparse.Namespace, tokenizer):
+    if args.decoder == "greedy" and not args.lm:
+        from asr.decode.greedy import GreedyDecoder
+
+        return GreedyDecoder(tokenizer)
+    from asr.decode import build_decoder
+
+    return build_decoder(args.decoder, tokenizer, lm_path=args.lm, beam_size=args.beam_size, alpha=args.alpha,
+                         beta=args.beta, device=args.device, num_workers=args.decode_workers)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from asr.data.manifest import read_manifest
+    from asr.evaluate import decode_utterances, write_results
+    from asr.package import load_package
+    from asr.recognizer import Recognizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = _device(args.device)
+    problems: list[str] = []
+    utts = read_manifest(args.manifest, strict=args.strict, problems=problems)
+    rec = Recognizer.from_package(load_package(args.model), args.device)
+    decoder = make_decoder(args, rec.tokenizer)
+    decoded = decode_utterances(rec, decoder, utts, max_frames=args.max_frames, num_workers=args.workers,
+                                keep_log_probs=bool(args.save_emissions))
+    decoded.problems[:0] = problems
+    out = Path(args.out or Path(args.model).parent / "decode" / Path(args.manifest).stem)
+    res = write_results(out, utts, decoded, args.decoder, {"model": str(args.model), "manifest": str(args.manifest),
+                                                            "lm": args.lm, "beam_size": args.beam_size})
+    if args.save_emissions:
+        from asr.decode.emissions import save_emissions
+
+        ids = [u.id for u in utts if u.id in decoded.log_probs]
+        texts = {u.id: u.text for u in utts}
+        save_emissions(args.save_emissions, ids, [decoded.log_probs[i] for i in ids], [texts[i] for i in ids],
+                       rec.tokenizer.state(), decoded.audio_seconds, 0.04)
+    print(f"WER {100 * res['wer']:.2f}%  (CER {100 * res['cer']:.2f}%, {res['num_utts']} utts, "
+          f"{res['num_words']} words, {args.decoder}, {res['rtfx']}x real time) -> {out}/results.json")
+    return _report(decoded.problems, "utterances")
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    import torch
+
+    from asr.audio import AudioError, load_audio
+    from asr.package import load_package
+    from asr.recognizer import Recognizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = _device(args.device)
+    rec = Recognizer.from_package(load_package(args.model), args.device)
+    decoder = make_decoder(args, rec.tokenizer)
+    problems = []
+    for path in args.files:
+        try:
+            wav = load_audio(path)
+        except AudioError as e:
+            problems.append(str(e))
+            continue
+        lp, n = rec.log_probs(wav[None], torch.tensor([wav.shape[0]]))
+        text = decoder(lp.float().cpu(), n.cpu())[0].text
+        print(text if len(args.files) == 1 else f"{path}\t{text}", flush=True)
+    return _report(problems, "files")
+
+
+def _decoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", default="greedy", choices=["greedy", "beam", "beam-gpu"])
+    p.add_argument("--lm", help="ARPA n-gram LM for beam search")
+    p.add_argument("--beam-size", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
+    p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
+    p.add_argument("--decode-workers", type=int, default=0, help="CPU processes for beam search")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description="BiLSTM-CTC speech recognition")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="synthesize a LibriSpeech-layout corpus with espeak-ng and flite")
+    p.add_argument("out")
+    p.add_argument("--num-train", type=int, default=3000)
+    p.add_argument("--num-dev", type=int, default=100)
+    p.add_argument("--num-test", type=int, default=200)
+    p.add_argument("--text", nargs="*", type=Path, help="text files to read (default: Debian's fortunes)")
+    p.add_argument("--test-voices", nargs="*", help="e.g. espeak:en-us+m7 flite:rms (excluded from training)")
+    p.add_argument("--train-voices", type=int, default=60)
+    p.add_argument("--no-flite", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("prepare", help="corpus in LibriSpeech layout -> manifest.jsonl")
+    p.add_argument("root")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("shard", help="manifest -> webdataset shards")
+    p.add_argument("manifest")
+    p.add_argument("-o", "--output", required=True, help="shard folder")
+    p.add_argument("--split", help="shard name prefix (default: the manifest's name)")
+    p.add_argument("--max-per-shard", type=int, default=1000)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad manifest line")
+    p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser("train", help="train a model from shards")
+    p.add_argument("--config", help="YAML under conf/")
+    p.add_argument("--train", nargs="+", required=True, help="shards: files, globs, brace patterns or SPLIT.index.json")
+    p.add_argument("--dev", help="dev manifest, for WER after each epoch and the best model")
+    p.add_argument("--exp", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3 model.layers=4")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="decode a manifest and print WER")
+    p.add_argument("model")
+    p.add_argument("manifest")
+    p.add_argument("--out", help="output folder (default: next to the model, decode/<manifest>)")
+    p.add_argument("--max-frames", type=int, default=60000)
+    p.add_argument("--workers", type=int, default=1, help="audio loading processes")
+    p.add_argument("--save-emissions", help="also save log-probs here (for LM tuning and benchmarks)")
+    p.add_argument("--strict", action="store_true")
+    _decoder_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("transcribe", help="print the text of audio files")
+    p.add_argument("--model", required=True)
+    p.add_argument("files", nargs="+")
+    _decoder_options(p)
+    p.set_defaults(func=cmd_transcribe)
+
+    try:
+        from asr.lm.commands import add_lm_subparser
+    except ImportError:
+        pass
+    else:
+        add_lm_subparser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from asr.audio import AudioError
+    from asr.config import ConfigError
+    from asr.data.manifest import ManifestError
+    from asr.package import PackageError
+
+    try:
+        return args.func(args)
+    except (ConfigError, ManifestError, PackageError, AudioError, FileNotFoundError) as e:
+        print(f"asr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Corpus preparation -> manifests; synthetic corpora; webdataset shards and length-bucketed batches."""

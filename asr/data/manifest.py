@@ -1,0 +1,115 @@
+"""Manifests: JSON Lines, one utterance a line — the contract between data preparation and training.
+
+``{"id": str, "audio": path (absolute, or relative to the manifest's folder), "text": str,
+"duration": seconds, "speaker": str (optional)}``. Lines are validated on load; each problem is
+named with the file and line number, and a bad line is skipped (or raised with ``strict``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+MAX_DURATION = 4 * 3600.0  # seconds; anything longer is almost certainly a broken header
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass
+class Utterance:
+    id: str
+    audio: str
+    text: str
+    duration: float
+    speaker: str | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if d["speaker"] is None:
+            del d["speaker"]
+        return d
+
+
+def _validate(obj: object, where: str, check_audio: bool, base: Path) -> Utterance:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in ("id", "audio", "text", "duration"):
+        if key not in obj:
+            raise ManifestError(f"{where}: missing field '{key}'")
+    uid, audio, text, dur = obj["id"], obj["audio"], obj["text"], obj["duration"]
+    if not isinstance(uid, str) or not uid:
+        raise ManifestError(f"{where}: 'id' must be a non-empty string")
+    if not isinstance(audio, str) or not audio:
+        raise ManifestError(f"{where}: 'audio' must be a non-empty path")
+    if not isinstance(text, str) or not text.strip():
+        raise ManifestError(f"{where}: utterance {uid!r} has an empty transcript")
+    if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not (0 < dur <= MAX_DURATION):
+        raise ManifestError(f"{where}: utterance {uid!r} has an invalid duration {dur!r}")
+    path = audio if os.path.isabs(audio) else str(base / audio)
+    if check_audio and not os.path.isfile(path):
+        raise ManifestError(f"{where}: audio file not found: {path}")
+    speaker = obj.get("speaker")
+    return Utterance(uid, path, text, float(dur), None if speaker is None else str(speaker))
+
+
+def read_manifest(path: str | Path, strict: bool = False, check_audio: bool = True,
+                  problems: list[str] | None = None) -> list[Utterance]:
+    """Read and validate a manifest; audio paths come back absolute.
+
+    Bad lines (malformed JSON, missing fields, empty text, absurd duration, missing audio, duplicate
+    id) are logged and skipped, and appended to ``problems`` if given; ``strict`` raises instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    base = path.resolve().parent
+    utts: list[Utterance] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ManifestError(f"{where}: malformed JSON ({e.msg})") from None
+                utt = _validate(obj, where, check_audio, base)
+                if utt.id in seen:
+                    raise ManifestError(f"{where}: duplicate id {utt.id!r}")
+            except ManifestError as e:
+                if strict:
+                    raise
+                log.warning("skipped: %s", e)
+                if problems is not None:
+                    problems.append(str(e))
+                continue
+            seen.add(utt.id)
+            utts.append(utt)
+    return utts
+
+
+def write_manifest(path: str | Path, utts: Iterable[Utterance], relative: bool = False) -> int:
+    """Write utterances as JSONL (atomically); ``relative`` stores audio paths relative to the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.resolve().parent
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for u in utts:
+            d = u.to_json()
+            if relative:
+                d["audio"] = os.path.relpath(os.path.abspath(u.audio), base)
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+            count += 1
+    os.replace(tmp, path)
+    return count

@@ -1,0 +1,250 @@
+"""Webdataset shards: writing them from a manifest, and streaming them back as length-bucketed batches.
+
+A shard is a tar of samples ``{id}.flac`` (16 kHz mono FLAC) + ``{id}.json`` (the manifest fields).
+Reading splits the shard list across ranks (``rank``/``world``) and then across loader workers, so
+no sample is read twice in an epoch; the shard order is reshuffled every epoch from ``seed``.
+Batches are built by total padded frames (``max_frames``) within duration buckets.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import soundfile as sf
+import torch
+import webdataset as wds
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from asr.audio import AudioError, load_audio
+from asr.data.manifest import Utterance
+
+log = logging.getLogger(__name__)
+
+HOP = 160  # samples per 10 ms feature frame at 16 kHz
+
+
+def flac_bytes(utt: Utterance) -> bytes:
+    """The utterance's audio as 16 kHz mono FLAC; a file already in that form is copied as is."""
+    try:
+        info = sf.info(utt.audio)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{utt.audio}: cannot read audio header ({e})") from e
+    if info.format == "FLAC" and info.samplerate == 16000 and info.channels == 1 and info.frames > 0:
+        return Path(utt.audio).read_bytes()
+    wav = load_audio(utt.audio)
+    buf = io.BytesIO()
+    sf.write(buf, wav.numpy(), 16000, format="FLAC")
+    return buf.getvalue()
+
+
+def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per_shard: int = 2000,
+                 problems: list[str] | None = None, progress: bool = True) -> list[Path]:
+    """Write ``out_dir/{split}-000000.tar`` ... and ``{split}.index.json`` (shard names, counts, hours).
+
+    Unreadable audio is skipped and reported in ``problems``. Returns the shard paths.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob(f"{split}-*.tar"):
+        old.unlink()
+    problems = [] if problems is None else problems
+    shards: list[dict] = []
+    writer, count, seconds = None, 0, 0.0
+    for utt in tqdm(utts, desc=f"shard {split}", unit="utt", disable=not progress):
+        try:
+            audio = flac_bytes(utt)
+        except AudioError as e:
+            log.warning("skipped: %s", e)
+            problems.append(str(e))
+            continue
+        if writer is None or count == max_per_shard:
+            if writer is not None:
+                writer.close()
+                shards[-1].update(count=count, seconds=round(seconds, 2))
+            path = out_dir / f"{split}-{len(shards):06d}.tar"
+            shards.append({"path": path.name})
+            writer, count, seconds = wds.TarWriter(str(path)), 0, 0.0
+        meta = utt.to_json()
+        meta["audio"] = f"{utt.id}.flac"
+        # webdataset splits keys at the first dot, so ids must not contain one.
+        writer.write({"__key__": utt.id.replace(".", "_"), "flac": audio, "json": meta})
+        count += 1
+        seconds += utt.duration
+    if writer is not None:
+        writer.close()
+        shards[-1].update(count=count, seconds=round(seconds, 2))
+    index = {"split": split, "shards": shards, "num_utts": sum(s["count"] for s in shards),
+             "hours": round(sum(s["seconds"] for s in shards) / 3600, 4)}
+    (out_dir / f"{split}.index.json").write_text(json.dumps(index, indent=1) + "\n")
+    return [out_dir / s["path"] for s in shards]
+
+
+def resolve_shards(spec: str | list[str]) -> list[str]:
+    """Shard paths from a list, a ``{split}.index.json``, a folder + split glob, or a brace pattern."""
+    if isinstance(spec, list):
+        return [p for s in spec for p in resolve_shards(s)]
+    if spec.endswith(".index.json"):
+        index = json.loads(Path(spec).read_text())
+        return [str(Path(spec).parent / s["path"]) for s in index["shards"]]
+    if "{" in spec:
+        return list(wds.shardlists.expand_urls(spec))
+    paths = sorted(str(p) for p in Path().glob(spec)) if any(c in spec for c in "*?[") else [spec]
+    if not paths:
+        raise FileNotFoundError(f"{spec}: no shards match")
+    return paths
+
+
+@dataclass
+class Sample:
+    id: str
+    wav: Tensor  # (S,) float32, 16 kHz
+    text: str
+    speaker: str | None
+
+
+def decode_sample(raw: dict) -> Sample:
+    """A raw tar sample (bytes per extension) -> Sample; raises AudioError naming the shard and key."""
+    where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+    if "json" not in raw or "flac" not in raw:
+        raise AudioError(f"{where}: sample lacks its .flac or .json member")
+    meta = json.loads(raw["json"])
+    wav = load_audio(raw["flac"], name=where)
+    return Sample(meta["id"], wav, meta["text"], meta.get("speaker"))
+
+
+def shuffled(items: Iterator, bufsize: int, rng: random.Random) -> Iterator:
+    """Approximate shuffle through a buffer of ``bufsize`` items."""
+    buf: list = []
+    for item in items:
+        if len(buf) < bufsize:
+            buf.append(item)
+            continue
+        i = rng.randrange(len(buf))
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def pad_batch(samples: list[Sample]) -> dict:
+    """Samples -> {"ids", "texts", "wav" (B, S max) zero-padded, "lengths" (B,)}."""
+    lengths = torch.tensor([s.wav.shape[0] for s in samples], dtype=torch.long)
+    wav = torch.zeros(len(samples), int(lengths.max()))
+    for i, s in enumerate(samples):
+        wav[i, : s.wav.shape[0]] = s.wav
+    return {"ids": [s.id for s in samples], "texts": [s.text for s in samples], "wav": wav, "lengths": lengths}
+
+
+def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, boundaries: list[float]) -> Iterator[list[Sample]]:
+    """Group samples of similar duration so that batch size x longest frames <= ``max_frames``.
+
+    ``boundaries`` are bucket edges in seconds. An utterance longer than ``max_frames`` alone is
+    still yielded, as a batch of one.
+    """
+    buckets: list[list[Sample]] = [[] for _ in range(len(boundaries) + 1)]
+    longest = [0] * len(buckets)
+    for s in samples:
+        frames = s.wav.shape[0] // HOP + 1
+        k = sum(frames * HOP / 16000 >= b for b in boundaries)
+        b = buckets[k]
+        if b and ((len(b) + 1) * max(longest[k], frames) > max_frames or len(b) >= max_batch):
+            yield b
+            buckets[k], longest[k] = [], 0
+            b = buckets[k]
+        b.append(s)
+        longest[k] = max(longest[k], frames)
+    for b in buckets:
+        if b:
+            yield b
+
+
+def bucket_edges(max_duration: float, num_buckets: int, min_duration: float = 1.0) -> list[float]:
+    """Geometric bucket edges between ``min_duration`` and ``max_duration`` seconds."""
+    if num_buckets <= 1:
+        return []
+    ratio = (max_duration / min_duration) ** (1 / num_buckets)
+    return [min_duration * ratio**i for i in range(1, num_buckets)]
+
+
+class ShardBatches(IterableDataset):
+    """Padded batches streamed from shards; give to a DataLoader with ``batch_size=None``.
+
+    Shards are shuffled per epoch (``set_epoch``), split by rank then by worker. Unreadable samples
+    and whole unreadable shards are logged and skipped; ``skip_batches`` drops the first batches of
+    this worker's stream (used to resume mid-epoch).
+    """
+
+    def __init__(self, shards: list[str], max_frames: int, max_batch: int, num_buckets: int = 10,
+                 max_duration: float = 30.0, shuffle_buffer: int = 1000, seed: int = 0, rank: int = 0,
+                 world: int = 1, shuffle: bool = True):
+        super().__init__()
+        self.shards = list(shards)
+        self.max_frames, self.max_batch = max_frames, max_batch
+        self.edges = bucket_edges(max_duration, num_buckets)
+        self.max_duration = max_duration
+        self.shuffle_buffer, self.seed, self.shuffle = shuffle_buffer, seed, shuffle
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def my_shards(self, worker: int, num_workers: int) -> list[str]:
+        """This rank's and worker's share of the epoch's shard order."""
+        order = list(self.shards)
+        if self.shuffle:
+            random.Random(self.seed + 1000 * self.epoch).shuffle(order)
+        mine = order[self.rank :: self.world]
+        return mine[worker::num_workers]
+
+    def samples(self, shards: list[str]) -> Iterator[Sample]:
+        def on_error(exn: Exception) -> bool:
+            log.warning("skipped unreadable shard data: %s", exn)
+            return True
+
+        raw = wds.tariterators.tarfile_samples(({"url": u} for u in shards), handler=on_error)
+        for r in raw:
+            try:
+                s = decode_sample(r)
+            except (AudioError, ValueError, KeyError) as e:
+                log.warning("skipped: %s", e)
+                continue
+            if s.wav.shape[0] / 16000 > self.max_duration:
+                continue
+            yield s
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(self.seed + 1000 * self.epoch + 7 * worker + 100003 * self.rank)
+        stream = self.samples(self.my_shards(worker, num_workers))
+        if self.shuffle:
+            stream = shuffled(stream, self.shuffle_buffer, rng)
+        batches = bucket_batches(stream, self.max_frames, self.max_batch, self.edges)
+        if self.shuffle:
+            # Buckets fill at different rates; a small shuffle keeps lengths from drifting within the epoch.
+            batches = shuffled(batches, 8, rng)
+        # A DataLoader takes batches from its workers in turn, so worker w produced every
+        # num_workers-th of the batches already consumed.
+        skip = max(0, -(-(self.skip_batches - worker) // num_workers))
+        for i, b in enumerate(batches):
+            if i >= skip:
+                yield pad_batch(b)
+
+
+def shard_metadata(shards: list[str]) -> Iterator[dict]:
+    """The JSON record of every sample in ``shards``, without decoding audio."""
+    for path in shards:
+        with tarfile.open(path) as tf:
+            for member in tf:
+                if member.name.endswith(".json"):
+                    yield json.loads(tf.extractfile(member).read())

@@ -1,0 +1,221 @@
+"""Synthetic speech corpora: espeak-ng and flite read real English text in many voices.
+
+The output is a LibriSpeech-layout corpus (``OUT/{split}/speaker/chapter/*.flac`` and
+``*.trans.txt``), so it goes through the same preparer as the real corpus. A "speaker" is one
+synthesizer voice (engine, voice, variant, base rate and pitch); each utterance jitters rate and
+pitch around the speaker's base. Train and test speakers never share a voice variant, and train
+and test sentences are disjoint, so the test WER measures unseen voices on unseen text.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import soundfile as sf
+from tqdm import tqdm
+
+from asr.audio import to_mono_16k
+from asr.text import normalize
+
+log = logging.getLogger(__name__)
+
+FORTUNES = Path("/usr/share/games/fortunes")
+ESPEAK_LANGS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+# espeak-ng voice variants (``espeak-ng --voices=variant``) that sound like people, not effects.
+ESPEAK_VARIANTS = [
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "adam", "Alex", "Andy",
+    "aunty", "benjamin", "boris", "caleb", "david", "ed", "edward", "Gene", "iven", "iven2", "john", "Lee",
+    "linda", "max", "Michael", "Mike", "norbert", "paul", "pedro", "quincy", "rob", "robert", "steph",
+    "shelby", "travis", "victor", "zac", "grandma", "grandpa", "klatt", "klatt2", "klatt3", "annie",
+]
+FLITE_VOICES = ["kal", "awb", "slt", "rms"]
+DEFAULT_TEST_VOICES = ["espeak:en-us+m7", "espeak:en-gb-x-rp+f4"]
+
+_ALLOWED = re.compile(r"^[A-Za-z' ,;:!?.\-\"]+$")
+_ACRONYM = re.compile(r"\b[A-Z]{2,}\b")
+_ABBREV = re.compile(r"\b(Mr|Mrs|Ms|Dr|St|Jr|Sr|vs|etc|Inc|Ltd|Co|Prof|Rev|Gen|Col|Lt|Sgt|No)\b\.?")
+_SENT_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class SynthesisError(RuntimeError):
+    pass
+
+
+def default_text_files() -> list[Path]:
+    """Debian's fortune cookie files (package ``fortunes``/``fortunes-min``): real English text."""
+    if not FORTUNES.is_dir():
+        raise SynthesisError(f"{FORTUNES}: not found; install Debian's 'fortunes' package or pass --text FILE")
+    return sorted(p for p in FORTUNES.iterdir() if p.is_file() and not p.suffix and p.name not in ("art", "ascii-art"))
+
+
+def extract_sentences(raw: str, min_words: int = 3, max_words: int = 16) -> list[str]:
+    """Readable sentences from free text (fortune files: entries separated by '%' lines).
+
+    A sentence is kept only if the synthesizer will say exactly its words: no digits, symbols,
+    acronyms or abbreviations, which a TTS engine expands into words the transcript lacks.
+    """
+    out = []
+    for entry in re.split(r"^%\s*$", raw, flags=re.M):
+        entry = " ".join(line.strip() for line in entry.splitlines() if not line.strip().startswith("--"))
+        for sent in _SENT_END.split(entry):
+            sent = sent.strip()
+            if not sent or not _ALLOWED.match(sent) or _ACRONYM.search(sent) or _ABBREV.search(sent):
+                continue
+            words = normalize(sent).split()
+            if min_words <= len(words) <= max_words and all(len(w) > 1 or w in ("A", "I") for w in words):
+                out.append(sent)
+    return out
+
+
+def load_sentences(text_files: list[Path] | None = None, min_words: int = 3, max_words: int = 16) -> list[str]:
+    """Unique sentences (by normalised text) from ``text_files``, in a stable order."""
+    files = text_files or default_text_files()
+    seen, sentences = set(), []
+    for path in files:
+        try:
+            raw = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise SynthesisError(f"{path}: cannot read text ({e})") from e
+        for s in extract_sentences(raw, min_words, max_words):
+            key = normalize(s)
+            if key not in seen:
+                seen.add(key)
+                sentences.append(s)
+    if not sentences:
+        raise SynthesisError(f"no usable sentences in {', '.join(map(str, files))}")
+    return sentences
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic speaker: engine ("espeak" or "flite"), voice name, base rate and pitch."""
+
+    engine: str
+    name: str
+    rate: float = 1.0  # speaking-rate factor (1 = the engine's default)
+    pitch: float = 1.0  # pitch factor
+
+    @classmethod
+    def parse(cls, spec: str) -> "Voice":
+        """``"espeak:en-us+m3"`` or ``"flite:slt"``, optionally ``@rate,pitch``."""
+        spec, _, mods = spec.partition("@")
+        engine, sep, name = spec.partition(":")
+        if not sep or engine not in ("espeak", "flite") or not name:
+            raise SynthesisError(f"voice {spec!r}: expected 'espeak:LANG+VARIANT' or 'flite:NAME'")
+        rate, pitch = (float(x) for x in mods.split(",")) if mods else (1.0, 1.0)
+        return cls(engine, name, rate, pitch)
+
+    def describe(self) -> str:
+        return f"{self.engine}:{self.name}@{self.rate:.2f},{self.pitch:.2f}"
+
+
+def synthesize(voice: Voice, text: str, rate: float, pitch: float) -> tuple:
+    """Speak ``text``; returns (samples float32 (S,), sample_rate). Rate and pitch are factors."""
+    if voice.engine == "espeak":
+        cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(170 * rate)), "-p", str(int(min(99, 50 * pitch))),
+               "--stdout", text]
+        proc = subprocess.run(cmd, capture_output=True, timeout=60)
+        if proc.returncode != 0 or not proc.stdout:
+            raise SynthesisError(f"espeak-ng -v {voice.name} failed: {proc.stderr.decode(errors='replace').strip()}")
+        data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+        return data, sr
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        cmd = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={1.0 / rate:.3f}",
+               "--setf", f"int_f0_target_mean={int(100 * pitch)}", "-t", text, "-o", tmp.name]
+        proc = subprocess.run(cmd, capture_output=True, timeout=60)
+        if proc.returncode != 0:
+            raise SynthesisError(f"flite -voice {voice.name} failed: {proc.stderr.decode(errors='replace').strip()}")
+        data, sr = sf.read(tmp.name, dtype="float32")
+    return data, sr
+
+
+def train_voices(n: int, exclude: list[Voice], seed: int = 0, use_flite: bool = True) -> list[Voice]:
+    """``n`` distinct training speakers: espeak language x variant (and flite voices), none of whose
+    variant appears in ``exclude``; base rate and pitch drawn per speaker."""
+    rng = random.Random(seed)
+    banned_variants = {v.name.split("+")[-1] for v in exclude if v.engine == "espeak"}
+    banned_flite = {v.name for v in exclude if v.engine == "flite"}
+    pool = [Voice("espeak", f"{lang}+{var}") for lang in ESPEAK_LANGS for var in ESPEAK_VARIANTS
+            if var not in banned_variants]
+    rng.shuffle(pool)
+    flite = [Voice("flite", v) for v in FLITE_VOICES if v not in banned_flite] if use_flite else []
+    chosen = (flite + pool)[:n]
+    return [Voice(v.engine, v.name, rng.uniform(0.85, 1.2), rng.uniform(0.7, 1.4)) for v in chosen]
+
+
+def _render(job: tuple) -> tuple[str, str, float] | str:
+    """Worker: synthesize one utterance and write its FLAC; returns (id, text, seconds) or an error."""
+    voice, text, path, seed = job
+    rng = random.Random(seed)
+    try:
+        data, sr = synthesize(voice, text, voice.rate * rng.uniform(0.9, 1.1), voice.pitch * rng.uniform(0.9, 1.1))
+        wav = to_mono_16k(data, sr, name=path)
+        sf.write(path, wav.numpy(), 16000, format="FLAC")
+    except Exception as e:  # one failed utterance is reported, the corpus goes on
+        return f"{path}: {e}"
+    return Path(path).stem, normalize(text), wav.shape[0] / 16000
+
+
+def write_split(out: Path, voices: list[Voice], sentences: list[str], first_speaker: int, chapter: int, seed: int,
+                jobs: int, desc: str) -> list[str]:
+    """Render ``sentences`` round-robin over ``voices`` into ``out`` (LibriSpeech layout)."""
+    plan: dict[tuple[int, int], list] = {}
+    work = []
+    for i, text in enumerate(sentences):
+        spk = first_speaker + i % len(voices)
+        folder = out / str(spk) / str(chapter)
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = len(plan.setdefault((spk, chapter), []))
+        uid = f"{spk}-{chapter}-{idx:04d}"
+        plan[(spk, chapter)].append(uid)
+        work.append((voices[i % len(voices)], text, str(folder / f"{uid}.flac"), seed * 1_000_003 + i))
+    problems, done = [], {}
+    with Pool(max(1, jobs)) as pool:
+        for res in tqdm(pool.imap(_render, work, chunksize=8), total=len(work), desc=desc, unit="utt"):
+            if isinstance(res, str):
+                log.warning("skipped: %s", res)
+                problems.append(res)
+            else:
+                done[res[0]] = res[1]
+    for (spk, chapter), uids in plan.items():
+        lines = [f"{u} {done[u]}" for u in uids if u in done]
+        (out / str(spk) / str(chapter) / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    with open(out / "SPEAKERS.TXT", "w") as f:
+        for k, v in enumerate(voices):
+            f.write(f"{first_speaker + k} | {v.describe()}\n")
+    return problems
+
+
+def make_corpus(out: str | Path, num_train: int, num_test: int, num_dev: int = 0, text_files: list[Path] | None = None,
+                test_voices: list[str] | None = None, num_train_voices: int = 60, seed: int = 0,
+                jobs: int = 2, min_words: int = 3, max_words: int = 16, use_flite: bool = True) -> list[str]:
+    """Write ``out/train``, ``out/dev`` (train voices, held-out text) and ``out/test`` (unseen voices
+    and text). Returns the problems met (utterances that failed to synthesize)."""
+    for tool in ("espeak-ng", "flite"):
+        if shutil.which(tool) is None and (tool == "espeak-ng" or use_flite):
+            raise SynthesisError(f"'{tool}' is not installed (Debian: apt-get install espeak-ng flite)")
+    out = Path(out)
+    sentences = load_sentences(text_files, min_words, max_words)
+    random.Random(seed).shuffle(sentences)
+    need = num_train + num_test + num_dev
+    if len(sentences) < need:
+        log.warning("only %d sentences for %d utterances: training sentences are reused", len(sentences), need)
+    test_text = sentences[:num_test]
+    dev_text = sentences[num_test:num_test + num_dev]
+    rest = sentences[num_test + num_dev:] or sentences
+    train_text = [rest[i % len(rest)] for i in range(num_train)]
+    tvoices = [Voice.parse(v) for v in (test_voices or DEFAULT_TEST_VOICES)]
+    voices = train_voices(num_train_voices, tvoices, seed, use_flite)
+    problems = write_split(out / "train", voices, train_text, 1000, 1, seed, jobs, "synth train")
+    if num_dev:
+        problems += write_split(out / "dev", voices, dev_text, 1000, 2, seed + 1, jobs, "synth dev")
+    problems += write_split(out / "test", tvoices, test_text, 9000, 1, seed + 2, jobs, "synth test")
+    return problems

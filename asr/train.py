@@ -1,0 +1,388 @@
+"""The training loop: shards -> features (on the device) -> model -> CTC loss -> AdamW.
+
+One process, or one rank under ``torchrun`` (DDP). Read top to bottom: ``setup`` (tokenizer,
+CMVN, model, optimizer), then per epoch ``train_one_epoch`` (forward, CTC loss in fp32, backward,
+clip, step, log) and ``validate`` (greedy dev WER), then ``save_checkpoint`` and the best package.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asr.config import ExperimentConfig, to_dict
+from asr.data.manifest import Utterance
+from asr.data.shards import HOP, ShardBatches, shard_metadata
+from asr.decode.greedy import GreedyDecoder
+from asr.evaluate import decode_utterances
+from asr.features import CMVNAccumulator, FeatureExtractor
+from asr.metrics import score
+from asr.model import AcousticModel, subsampled_lengths
+from asr.package import atomic_save, read_checked, save_package
+from asr.recognizer import Recognizer
+from asr.text import Tokenizer, TokenizerError, build_tokenizer, normalize, tokenizer_from_state
+
+log = logging.getLogger("asr.train")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def batch_targets(texts: list[str], tokenizer: Tokenizer) -> list[list[int]]:
+    return [tokenizer.encode(normalize(t)) for t in texts]
+
+
+def ctc_min_frames(target: list[int]) -> int:
+    """Frames CTC needs for ``target``: one per token plus a blank between repeated tokens."""
+    return len(target) + sum(1 for a, b in zip(target, target[1:]) if a == b)
+
+
+@dataclass
+class Counters:
+    infeasible: int = 0
+    untokenizable: int = 0
+    nonfinite: int = 0
+    nonfinite_run: int = 0
+    skipped_ids: list[str] = field(default_factory=list)
+
+
+def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict, tokenizer: Tokenizer,
+                 device: torch.device, bf16: bool, counters: Counters) -> tuple[torch.Tensor, dict] | None:
+    """CTC loss (sum over the batch / target tokens) of one batch; None if no utterance is usable.
+
+    Utterances whose label cannot be aligned to their subsampled frames (CTC-infeasible) or cannot be
+    tokenized are dropped and counted, so they never produce an infinite loss.
+    """
+    wav_len = batch["lengths"]
+    out_len = subsampled_lengths(wav_len // HOP + 1)
+    keep, targets = [], []
+    for i, text in enumerate(batch["texts"]):
+        try:
+            t = tokenizer.encode(normalize(text))
+        except TokenizerError:
+            counters.untokenizable += 1
+            continue
+        if not t or ctc_min_frames(t) > int(out_len[i]):
+            counters.infeasible += 1
+            continue
+        keep.append(i)
+        targets.append(t)
+    if not keep:
+        return None
+    idx = torch.tensor(keep)
+    wav = batch["wav"][idx].to(device, non_blocking=True)
+    wav_len = wav_len[idx].to(device)
+    feats, flen = frontend(wav, wav_len)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        log_probs, out_len = model(feats, flen)
+    # CTC in fp32 whatever the autocast: the model returns float32 log-probs.
+    tgt = torch.tensor([x for t in targets for x in t], dtype=torch.long, device=device)
+    tgt_len = torch.tensor([len(t) for t in targets], dtype=torch.long, device=device)
+    loss = F.ctc_loss(log_probs.float().transpose(0, 1), tgt, out_len, tgt_len, blank=0, reduction="sum",
+                      zero_infinity=False)
+    ntok = int(tgt_len.sum())
+    frames = int(flen.sum())
+    stats = {"utts": len(keep), "tokens": ntok, "frames": frames,
+             "padding": 1.0 - frames / (feats.shape[0] * feats.shape[1]),
+             "audio_s": float(wav_len.sum()) / 16000, "ids": [batch["ids"][i] for i in keep]}
+    return loss / ntok, stats
+
+
+def lr_factor(step: int, warmup: int, total: int, final_frac: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``final_frac`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def estimate_steps_per_epoch(shards: list[str], max_frames: int, world: int, accum: int) -> int:
+    """From the shard index: total frames / frame budget, allowing 15% for padding and partial batches."""
+    index_files = {Path(s).parent / f"{Path(s).name.rsplit('-', 1)[0]}.index.json" for s in shards}
+    seconds = 0.0
+    for f in index_files:
+        if f.is_file():
+            names = {Path(s).name for s in shards}
+            seconds += sum(s["seconds"] for s in json.loads(f.read_text())["shards"] if s["path"] in names)
+    if seconds == 0:
+        seconds = sum(m["duration"] for m in shard_metadata(shards))
+    return max(1, math.ceil(seconds * 100 / (0.85 * max_frames) / world / accum))
+
+
+def fit_tokenizer(cfg: ExperimentConfig, shards: list[str]) -> Tokenizer:
+    if cfg.tokenizer.kind == "char":
+        return build_tokenizer("char")
+    texts = [normalize(m["text"]) for m in shard_metadata(shards)]
+    return build_tokenizer(cfg.tokenizer.kind, texts, cfg.tokenizer.vocab_size, cfg.tokenizer.model_type)
+
+
+def compute_cmvn(frontend: FeatureExtractor, loader: DataLoader, max_utts: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global mean/std of log-mel frames over (up to ``max_utts``) training utterances."""
+    acc = CMVNAccumulator(frontend.logmel.cfg.n_mels)
+    seen = 0
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="cmvn", unit="batch", leave=False):
+            feats, flen = frontend.logmel(batch["wav"].to(device), batch["lengths"].to(device))
+            acc.add(feats, flen)
+            seen += len(batch["ids"])
+            if max_utts and seen >= max_utts:
+                break
+    return acc.stats()
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tokenizer, cmvn, cfg: ExperimentConfig,
+                    epoch: int, batch_in_epoch: int, step: int, best_wer: float, history: list) -> None:
+    atomic_save({
+        "format": "asr-train-state", "config": to_dict(cfg), "model": model.state_dict(),
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "tokenizer": tokenizer.state(),
+        "cmvn": {"mean": cmvn[0], "std": cmvn[1]}, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(),
+    }, path)
+
+
+def validate(model: AcousticModel, frontend: FeatureExtractor, tokenizer: Tokenizer, dev: list[Utterance],
+             device: torch.device, max_frames: int) -> dict:
+    """Greedy WER/CER on the dev utterances."""
+    rec = Recognizer(model, frontend, tokenizer, device)
+    dec = decode_utterances(rec, GreedyDecoder(tokenizer), dev, max_frames=max_frames, num_workers=0, progress=False)
+    ids = [u.id for u in dev if u.id in dec.hyps]
+    texts = {u.id: u.text for u in dev}
+    s = score([texts[i] for i in ids], [dec.hyps[i].text for i in ids], ids)
+    return {"wer": s.wer, "cer": s.cer}
+
+
+class StepLog:
+    """Per-step and per-epoch records as JSON lines (``train_log.jsonl``), for plotting."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.f = open(path, "a") if enabled else None
+
+    def write(self, **rec) -> None:
+        if self.f:
+            self.f.write(json.dumps(rec) + "\n")
+            self.f.flush()
+
+
+def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], exp_dir: str | Path,
+          device: str = "auto", resume: bool = False) -> dict:
+    """Train a model; writes ``exp_dir/model.pt`` (best dev WER), ``ckpt/``, ``train_log.jsonl``.
+
+    Returns a summary (best dev WER, epochs, steps, infeasible count, wall time).
+    """
+    tc = cfg.train
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dd = setup_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{dd.local_rank}"
+        torch.cuda.set_device(dd.local_rank)
+        torch.backends.cudnn.benchmark = True
+    dev_t = torch.device(device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    exp = Path(exp_dir)
+    (exp / "ckpt").mkdir(parents=True, exist_ok=True)
+    if dd.main:
+        (exp / "config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
+    state_path = exp / "ckpt" / "state.pt"
+    state = read_checked(state_path, "training checkpoint") if resume and state_path.exists() else None
+    if resume and state is None:
+        log.warning("--resume: no checkpoint at %s, starting from scratch", state_path)
+
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    torch.manual_seed(tc.seed)
+
+    # Setup: tokenizer, CMVN, model, optimizer, schedule.
+    tokenizer = tokenizer_from_state(state["tokenizer"]) if state else fit_tokenizer(cfg, train_shards)
+    data = ShardBatches(train_shards, tc.max_frames, tc.max_batch, tc.num_buckets, tc.max_duration,
+                        tc.shuffle_buffer, tc.seed, dd.rank, dd.world)
+    loader = DataLoader(data, batch_size=None, num_workers=tc.num_workers, pin_memory=dev_t.type == "cuda",
+                        prefetch_factor=4 if tc.num_workers else None, persistent_workers=False)
+    frontend = FeatureExtractor(cfg.features, cfg.specaug).to(dev_t)
+    if state:
+        cmvn = (state["cmvn"]["mean"], state["cmvn"]["std"])
+    else:
+        cmvn = compute_cmvn(frontend, loader, tc.cmvn_utts, dev_t)
+        if dd.world > 1:  # every rank must normalise identically: take rank 0's statistics
+            stats = torch.stack(cmvn).to(dev_t)
+            dist.broadcast(stats, 0)
+            cmvn = (stats[0].cpu(), stats[1].cpu())
+    frontend.cmvn.set_stats(cmvn[0].to(dev_t), cmvn[1].to(dev_t))
+    model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size).to(dev_t)
+    if state:
+        model.load_state_dict(state["model"])
+    net = DistributedDataParallel(model, device_ids=[dd.local_rank] if dev_t.type == "cuda" else None) if dd.world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = estimate_steps_per_epoch(train_shards, tc.max_frames, dd.world, tc.accum_steps)
+    total_steps = steps_per_epoch * tc.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.final_lr_frac))
+    epoch, start_batch, step, best_wer, history = 0, 0, 0, float("inf"), []
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        best_wer, history = state["best_wer"], state["history"]
+        set_rng_state(state["rng"])
+        log.info("resumed from %s: epoch %d, batch %d, step %d", state_path, epoch + 1, start_batch, step)
+    if dd.main:
+        log.info("model: %.2fM parameters, vocab %d (%s); ~%d steps/epoch, %d epochs, device %s, world %d",
+                 model.num_params() / 1e6, tokenizer.vocab_size, tokenizer.kind, steps_per_epoch, tc.epochs, device, dd.world)
+    steplog = StepLog(exp / "train_log.jsonl", dd.main)
+    counters = Counters()
+    t_start = time.time()
+    deadline = t_start + tc.max_minutes * 60 if tc.max_minutes > 0 else float("inf")
+    stopped_early = False
+
+    def checkpoint(ep: int, batch_pos: int) -> None:
+        if dd.main:
+            save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer, history)
+
+    while epoch < tc.epochs and not stopped_early:
+        data.set_epoch(epoch, start_batch)
+        net.train()
+        frontend.train()
+        it = iter(loader)
+        batch_pos = start_batch
+        sums = {"loss": 0.0, "tokens": 0, "audio_s": 0.0}
+        bar = tqdm(total=steps_per_epoch * tc.accum_steps, initial=start_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   unit="batch", disable=not dd.main)
+        t_epoch = time.time()
+        while True:
+            batch = next(it, None)
+            if dd.world > 1:
+                # Stop the epoch on every rank as soon as one rank runs out, so no rank waits forever
+                # in an all-reduce that the others never join.
+                flag = torch.tensor([0.0 if batch is None else 1.0], device=dev_t)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                if flag.item() == 0:
+                    break
+            elif batch is None:
+                break
+            batch_pos += 1
+            out = compute_loss(net, frontend, batch, tokenizer, dev_t, tc.bf16, counters)
+            micro = (batch_pos - start_batch) % tc.accum_steps
+            if out is None:
+                continue
+            loss, stats = out
+            finite = torch.isfinite(loss)
+            if dd.world > 1:
+                finite = finite.float()
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                finite = finite.bool()
+            if not bool(finite):
+                counters.nonfinite += 1
+                counters.nonfinite_run += 1
+                log.warning("non-finite loss, batch skipped (ids %s)", ", ".join(stats["ids"][:5]))
+                opt.zero_grad(set_to_none=True)
+                if counters.nonfinite_run >= tc.max_nonfinite:
+                    raise RuntimeError(f"{counters.nonfinite_run} non-finite losses in a row; last batch: "
+                                       f"{', '.join(stats['ids'])}")
+                continue
+            counters.nonfinite_run = 0
+            (loss / tc.accum_steps).backward()
+            sums["loss"] += loss.item() * stats["tokens"]
+            sums["tokens"] += stats["tokens"]
+            sums["audio_s"] += stats["audio_s"]
+            if micro != 0:
+                continue
+            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(tc.accum_steps)
+            if dd.main and step % tc.log_every == 0:
+                now = time.time()
+                # audio_x: seconds of audio trained per wall second since the epoch began, all ranks.
+                rec = {"step": step, "epoch": epoch + 1, "loss": round(float(loss), 4), "lr": sched.get_last_lr()[0],
+                       "grad_norm": round(gnorm, 3), "padding": round(stats["padding"], 3), "batch_utts": stats["utts"],
+                       "audio_x": round(sums["audio_s"] * dd.world / max(now - t_epoch, 1e-6), 1),
+                       "time": round(now - t_start, 1)}
+                steplog.write(**rec)
+                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{rec['lr']:.1e}", x=rec["audio_x"])
+            if tc.save_every_steps and step % tc.save_every_steps == 0:
+                checkpoint(epoch, batch_pos)
+            if time.time() > deadline:
+                stopped_early = True
+                log.info("max_minutes=%.1f reached; stopping after step %d", tc.max_minutes, step)
+                break
+        bar.close()
+        start_batch = 0
+        epoch += 1
+        rec = {"epoch": epoch, "step": step, "train_loss": sums["loss"] / max(sums["tokens"], 1),
+               "infeasible": counters.infeasible, "nonfinite": counters.nonfinite, "time": round(time.time() - t_start, 1)}
+        if dd.main and dev:
+            rec.update({f"dev_{k}": v for k, v in validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames).items()})
+            log.info("epoch %d: train loss %.3f, dev WER %.2f%%, CER %.2f%%", epoch, rec["train_loss"],
+                     100 * rec["dev_wer"], 100 * rec["dev_cer"])
+        history.append(rec)
+        if dd.main:
+            steplog.write(**rec)
+            wer_now = rec.get("dev_wer", -rec["epoch"])  # without dev data, the latest model is the best
+            meta = {"epoch": epoch, "step": step, "dev_wer": rec.get("dev_wer"), "config": to_dict(cfg)}
+            save_package(exp / "ckpt" / f"epoch-{epoch}.pt", model, cfg.features, cmvn[0], cmvn[1], tokenizer, meta)
+            old = exp / "ckpt" / f"epoch-{epoch - tc.keep_epochs}.pt"
+            old.unlink(missing_ok=True)
+            if wer_now <= best_wer:
+                best_wer = wer_now
+                save_package(exp / "model.pt", model, cfg.features, cmvn[0], cmvn[1], tokenizer, meta)
+        checkpoint(epoch, 0)
+    if counters.infeasible or counters.untokenizable:
+        log.warning("filtered %d CTC-infeasible and %d untokenizable training utterances (counted per epoch)",
+                    counters.infeasible, counters.untokenizable)
+    summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if best_wer == float("inf") else best_wer,
+               "infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
+               "nonfinite": counters.nonfinite, "train_seconds": round(time.time() - t_start, 1)}
+    if dd.main:
+        (exp / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if dd.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The embedded default: synthetic speech (espeak-ng + flite reading Debian's fortunes) ->
+# manifests -> shards -> a small BiLSTM-CTC trained on the CPU -> greedy (and beam + LM) WER
+# on test voices and sentences never seen in training.
+#
+#   bash recipes/mini/run.sh [--stage N] [--stop-stage M] [--num-train N] [--epochs E] [--seed S]
+#
+# Writes data/mini/ (corpus, manifests, shards) and exp/mini/ (model.pt, results.json, logs).
+# A stage that finished leaves exp/mini/.done.<stage> holding its options; it is skipped next time
+# unless those options changed. --force reruns everything from --stage.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -x .venv/bin/asr ] && export PATH="$PWD/.venv/bin:$PATH"
+
+stage=0
+stop_stage=100
+num_train=3000
+num_dev=100
+num_test=200
+epochs=5
+seed=0
+jobs=$(nproc)
+train_minutes=11
+force=0
+data=data/mini
+exp=exp/mini
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    --num-train) num_train=$2; shift 2 ;;
+    --num-dev) num_dev=$2; shift 2 ;;
+    --num-test) num_test=$2; shift 2 ;;
+    --epochs) epochs=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
+    --train-minutes) train_minutes=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --exp) exp=$2; shift 2 ;;
+    --force) force=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 1 ;;
+  esac
+done
+mkdir -p "$exp"
+
+# run_stage N "options" command...: skip when stage N already ran with the same options.
+run_stage() {
+  local n=$1 opts=$2; shift 2
+  [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] && return 0
+  local marker="$exp/.done.$n"
+  if [ "$force" = 0 ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$opts" ]; then
+    echo "== stage $n: done before with the same options, skipped"
+    return 0
+  fi
+  echo "== stage $n: $*"
+  rm -f "$marker"
+  "$@"
+  echo "$opts" > "$marker"
+  # A rerun stage invalidates the stages after it.
+  for later in $(seq $((n + 1)) 9); do rm -f "$exp/.done.$later"; done
+}
+
+stage0() {  # synthesize the corpus (train voices; test voices and sentences unseen in training)
+  rm -rf "$data/corpus"
+  asr synth "$data/corpus" --num-train "$num_train" --num-dev "$num_dev" --num-test "$num_test" --seed "$seed" --jobs "$jobs"
+}
+stage1() {  # LibriSpeech-layout corpus -> manifests
+  for split in train dev test; do asr prepare "$data/corpus/$split" -o "$data/$split.jsonl"; done
+}
+stage2() {  # training manifest -> webdataset shards
+  asr shard "$data/train.jsonl" -o "$data/shards" --split train --max-per-shard 500
+}
+stage3() {  # train on the CPU; the best dev-WER model is exp/mini/model.pt
+  rm -rf "$exp/ckpt" "$exp/train_log.jsonl"
+  asr train --config conf/mini.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
+    --device cpu train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes"
+}
+stage4() {  # greedy decoding of the test split; exp/mini/results.json
+  asr evaluate "$exp/model.pt" "$data/test.jsonl" --decoder greedy --device cpu --out "$exp/decode/test-greedy" \
+    --save-emissions "$exp/decode/test.emissions.pt"
+  cp "$exp/decode/test-greedy/results.json" "$exp/results.json"
+}
+
+run_stage 0 "n=$num_train/$num_dev/$num_test seed=$seed" stage0
+run_stage 1 "n=$num_train/$num_dev/$num_test seed=$seed" stage1
+run_stage 2 "n=$num_train seed=$seed" stage2
+run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes conf=$(cksum < conf/mini.yaml)" stage3
+run_stage 4 "greedy" stage4
+
+if [ -f "$exp/results.json" ]; then
+  python3 - "$exp/results.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"mini test set ({r['num_utts']} utts, unseen voices): WER {100 * r['wer']:.2f}%  CER {100 * r['cer']:.2f}%  [{r['decoder']}]")
+PY
+fi
