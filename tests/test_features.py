@@ -1,0 +1,163 @@
+"""asr.features: log-mel against librosa, padding invariance, CMVN statistics, SpecAugment masks."""
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from asr.config import FeatureConfig, SpecAugConfig
+from asr.features import (CMVNAccumulator, FeatureExtractor, GlobalCMVN, LogMel, frame_lengths, length_mask,
+                          log_mel, spec_augment)
+from tests.conftest import signal
+
+
+def librosa_log_mel(wav: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The reference: librosa with torchaudio MelSpectrogram's defaults (HTK mel scale, no filter
+    normalisation, periodic Hann window, f_min 0, f_max sr/2), zero-padded centred frames, power 2."""
+    mel = librosa.feature.melspectrogram(
+        y=wav.astype(np.float64), sr=cfg.sample_rate, n_fft=cfg.n_fft,
+        win_length=int(cfg.sample_rate * cfg.win_ms / 1000), hop_length=int(cfg.sample_rate * cfg.hop_ms / 1000),
+        window="hann", center=True, pad_mode="constant", power=2.0, n_mels=cfg.n_mels, htk=True, norm=None,
+        fmin=0.0, fmax=cfg.sample_rate / 2,
+    )
+    return np.log(mel + 1e-6).T  # (T, n_mels)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 0.3217])
+def test_log_mel_matches_librosa(seconds):
+    cfg = FeatureConfig()
+    wav = signal(seconds, seed=3)
+    ours = log_mel(torch.from_numpy(wav), cfg).numpy()
+    ref = librosa_log_mel(wav, cfg)
+    assert ours.shape == ref.shape == (len(wav) // 160 + 1, 80)
+    # Compare where there is energy: log of tiny values amplifies float32 rounding.
+    np.testing.assert_allclose(ours, ref, atol=2e-4, rtol=1e-5)
+
+
+def test_log_mel_shape_and_frame_count():
+    cfg = FeatureConfig(n_mels=40)
+    for n in (160, 161, 319, 320, 4000):
+        feats = log_mel(torch.from_numpy(signal(n / 16000)), cfg)
+        assert feats.shape == (n // 160 + 1, 40)
+    assert frame_lengths(torch.tensor([0, 159, 160, 16000]), cfg).tolist() == [1, 1, 2, 101]
+
+
+def test_padded_batch_equals_each_utterance_alone():
+    cfg = FeatureConfig()
+    waves = [torch.from_numpy(signal(s, seed=i)) for i, s in enumerate((0.61, 0.2, 0.4537))]
+    lengths = torch.tensor([w.shape[0] for w in waves])
+    batch = torch.zeros(3, int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : w.shape[0]] = w
+    feats, flen = LogMel(cfg)(batch, lengths)
+    assert feats.shape[0] == 3 and flen.tolist() == [w.shape[0] // 160 + 1 for w in waves]
+    for i, w in enumerate(waves):
+        alone = log_mel(w, cfg)
+        n = int(flen[i])
+        torch.testing.assert_close(feats[i, :n], alone, atol=1e-4, rtol=1e-5)
+        assert torch.count_nonzero(feats[i, n:]) == 0, "padding frames must be exactly zero"
+
+
+def test_cmvn_accumulator_matches_torch_over_valid_frames():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 50, 8) * torch.tensor([1.0, 2, 3, 4, 0.5, 1, 1, 7]) + 5.0
+    lengths = torch.tensor([50, 17, 33])
+    feats = feats.masked_fill(~length_mask(lengths, 50)[..., None], 0.0)
+    acc = CMVNAccumulator(8)
+    acc.add(feats[:2], lengths[:2])  # accumulated over two calls
+    acc.add(feats[2:], lengths[2:])
+    valid = torch.cat([feats[i, : lengths[i]] for i in range(3)])
+    mean, std = acc.stats()
+    assert acc.count == 100
+    torch.testing.assert_close(mean, valid.mean(0), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(std, valid.std(0, unbiased=False), atol=1e-4, rtol=1e-4)
+
+
+def test_cmvn_accumulator_without_frames_is_an_error():
+    with pytest.raises(ValueError, match="no feature frames"):
+        CMVNAccumulator(4).stats()
+
+
+def test_global_cmvn_normalises_and_keeps_padding_zero():
+    cmvn = GlobalCMVN(4)
+    cmvn.set_stats(torch.tensor([1.0, 2, 3, 4]), torch.tensor([2.0, 2, 2, 0.0]))
+    feats = torch.full((2, 5, 4), 5.0)
+    lengths = torch.tensor([5, 2])
+    out = cmvn(feats, lengths)
+    torch.testing.assert_close(out[0, 0, :3], torch.tensor([2.0, 1.5, 1.0]))
+    assert torch.isfinite(out).all(), "a zero std must be clamped, not divided by"
+    assert torch.count_nonzero(out[1, 2:]) == 0
+
+
+def _ones(lengths: list[int], feat: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths_t = torch.tensor(lengths)
+    feats = torch.ones(len(lengths), max(lengths), feat)
+    return feats.masked_fill(~length_mask(lengths_t, max(lengths))[..., None], 0.0), lengths_t
+
+
+def test_spec_augment_frequency_masks_stay_in_bounds():
+    feats, lengths = _ones([100, 60, 80], feat=20)
+    cfg = SpecAugConfig(freq_masks=1, freq_width=6, time_masks=0)
+    for seed in range(20):
+        out = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(seed))
+        for b in range(3):
+            valid = out[b, : lengths[b]]
+            masked_bins = (valid == 0).all(0)
+            # A frequency mask hits whole bins, on every valid frame, one contiguous band of <= width.
+            assert ((valid == 0).any(0) == masked_bins).all()
+            idx = torch.nonzero(masked_bins).flatten()
+            assert len(idx) <= 6
+            if len(idx):
+                assert int(idx[-1] - idx[0]) + 1 == len(idx)
+            assert torch.count_nonzero(out[b, lengths[b]:]) == 0
+
+
+def test_spec_augment_time_masks_stay_inside_the_utterance():
+    feats, lengths = _ones([200, 40, 120], feat=10)
+    cfg = SpecAugConfig(freq_masks=0, time_masks=1, time_width=30, time_width_frac=0.1)
+    seen_mask = False
+    for seed in range(20):
+        out = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(seed))
+        for b in range(3):
+            n = int(lengths[b])
+            masked_frames = (out[b, :n] == 0).all(1)
+            assert ((out[b, :n] == 0).any(1) == masked_frames).all()
+            idx = torch.nonzero(masked_frames).flatten()
+            assert len(idx) <= min(30, int(n * 0.1)), "no wider than time_width nor time_width_frac x length"
+            if len(idx):
+                seen_mask = True
+                assert int(idx[-1] - idx[0]) + 1 == len(idx) and int(idx[-1]) < n
+            assert torch.count_nonzero(out[b, n:]) == 0, "padding stays zero"
+    assert seen_mask
+
+
+def test_spec_augment_is_deterministic_with_a_generator():
+    feats, lengths = _ones([150, 90], feat=30)
+    feats = feats * torch.arange(1, 31).float()
+    cfg = SpecAugConfig()
+    a = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(7))
+    b = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(7))
+    c = spec_augment(feats, lengths, cfg, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a, feats), "the default config masks something"
+    # Masking only zeroes: every output value is the input value or 0.
+    assert ((a == feats) | (a == 0)).all()
+
+
+def test_feature_extractor_applies_spec_augment_in_training_only():
+    cfg = FeatureConfig(n_mels=40)
+    fe = FeatureExtractor(cfg, SpecAugConfig(freq_masks=2, freq_width=10, time_masks=2, time_width=10))
+    wav = torch.from_numpy(signal(1.0))[None]
+    lengths = torch.tensor([wav.shape[1]])
+    fe.eval()
+    a, la = fe(wav, lengths)
+    b, _ = fe(wav, lengths)
+    assert torch.equal(a, b) and la.tolist() == [101]
+    raw, _ = fe.logmel(wav, lengths)
+    torch.testing.assert_close(a, raw)  # default CMVN is identity
+    fe.train()
+    torch.manual_seed(0)
+    c, _ = fe(wav, lengths)
+    assert (c == 0).sum() > (a == 0).sum()
