@@ -1,0 +1,125 @@
+"""asr.train pieces: CTC loss goes down, CTC feasibility, infeasible utterances dropped and counted, LR schedule."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asr.config import FeatureConfig, ModelConfig
+from asr.data.shards import HOP
+from asr.features import FeatureExtractor
+from asr.model import AcousticModel
+from asr.text import CharTokenizer
+from asr.train import Counters, compute_loss, ctc_min_frames, lr_factor
+from tests.conftest import signal
+
+CPU = torch.device("cpu")
+
+
+def make_batch(items: list[tuple[str, int]]) -> dict:
+    """(text, samples) pairs -> a padded batch as ShardBatches yields it."""
+    lengths = torch.tensor([n for _, n in items])
+    wav = torch.zeros(len(items), int(lengths.max()))
+    for i, (_, n) in enumerate(items):
+        wav[i, :n] = torch.from_numpy(signal(n / 16000, seed=i))
+    return {"ids": [f"u{i}" for i in range(len(items))], "texts": [t for t, _ in items], "wav": wav,
+            "lengths": lengths}
+
+
+def setup(n_mels: int = 20, seed: int = 0):
+    torch.manual_seed(seed)
+    tok = CharTokenizer()
+    frontend = FeatureExtractor(FeatureConfig(n_mels=n_mels)).eval()
+    model = AcousticModel(ModelConfig(subsample_channels=4, hidden=32, layers=1, dropout=0.0), n_mels, tok.vocab_size)
+    return tok, frontend, model
+
+
+@pytest.mark.parametrize("target, frames", [
+    ([], 0), ([5], 1), ([1, 2, 3], 3), ([4, 4], 3), ([4, 4, 4], 5), ([1, 2, 1], 3), ([1, 1, 2, 2], 6),
+])
+def test_ctc_min_frames_counts_a_blank_between_repeats(target, frames):
+    assert ctc_min_frames(target) == frames
+
+
+def test_ctc_min_frames_agrees_with_ctc_loss_feasibility():
+    """At exactly ctc_min_frames the CTC loss is finite, one frame fewer it is infinite."""
+    for target in ([3, 3, 3], [1, 2, 2, 1], [7]):
+        need = ctc_min_frames(target)
+        for frames, finite in ((need, True), (need - 1, False)):
+            if frames == 0:
+                continue
+            lp = torch.randn(frames, 1, 10).log_softmax(-1)
+            loss = F.ctc_loss(lp, torch.tensor([target]), torch.tensor([frames]), torch.tensor([len(target)]),
+                              reduction="sum")
+            assert bool(torch.isfinite(loss)) == finite, (target, frames)
+
+
+def test_ctc_loss_decreases_with_adam_on_a_fixed_batch():
+    tok, frontend, model = setup()
+    batch = make_batch([("HELLO", 8000), ("AB BA", 6400), ("SEE", 4800)])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    model.train()
+    for _ in range(30):
+        loss, stats = compute_loss(model, frontend, batch, tok, CPU, False, Counters())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert min(losses[-5:]) < min(losses[:5])
+
+
+def test_compute_loss_matches_ctc_loss_per_token():
+    tok, frontend, model = setup()
+    model.eval()
+    batch = make_batch([("AB", 3200), ("CAB", 4000)])
+    with torch.no_grad():
+        loss, stats = compute_loss(model, frontend, batch, tok, CPU, False, Counters())
+        feats, flen = frontend(batch["wav"], batch["lengths"])
+        lp, olen = model(feats, flen)
+        targets = [tok.encode("AB"), tok.encode("CAB")]
+        ref = F.ctc_loss(lp.transpose(0, 1), torch.tensor(targets[0] + targets[1]), olen, torch.tensor([2, 3]),
+                         blank=0, reduction="sum") / 5
+    torch.testing.assert_close(loss, ref)
+    assert stats["tokens"] == 5 and stats["utts"] == 2 and stats["ids"] == ["u0", "u1"]
+    assert stats["frames"] == 3200 // HOP + 1 + 4000 // HOP + 1
+
+
+def test_compute_loss_drops_infeasible_utterances_and_counts_them():
+    tok, frontend, model = setup()
+    # 1600 samples -> 11 frames -> 3 frames after 4x subsampling.
+    batch = make_batch([
+        ("ABC", 1600),        # needs 3: feasible
+        ("AA", 1600),         # needs 3: feasible
+        ("ABCD", 1600),       # needs 4: infeasible
+        ("AAB", 1600),        # needs 4 (blank between the As): infeasible
+        ("123 !!", 1600),     # empty after normalisation: nothing to learn
+        ("HELLO WORLD", 16000),
+    ])
+    counters = Counters()
+    loss, stats = compute_loss(model, frontend, batch, tok, CPU, False, counters)
+    assert counters.infeasible == 3
+    assert stats["ids"] == ["u0", "u1", "u5"]
+    assert stats["utts"] == 3 and stats["tokens"] == 3 + 2 + 11
+    assert torch.isfinite(loss)
+
+
+def test_compute_loss_with_nothing_usable_returns_none():
+    tok, frontend, model = setup()
+    counters = Counters()
+    assert compute_loss(model, frontend, make_batch([("A LONG SENTENCE", 800)]), tok, CPU, False, counters) is None
+    assert counters.infeasible == 1
+
+
+def test_lr_factor_warms_up_then_decays_to_the_final_fraction():
+    warm, total, final = 10, 110, 0.05
+    f = [lr_factor(s, warm, total, final) for s in range(0, 200)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(f[:9], f[1:10])), "linear warm-up"
+    assert f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])), "decay never goes up"
+    assert f[60] == pytest.approx(final + (1 - final) * 0.5)
+    assert f[110] == pytest.approx(final) and f[199] == pytest.approx(final)
+    assert lr_factor(0, 0, 100, 0.1) == pytest.approx(1.0)

@@ -1,0 +1,134 @@
+"""asr.model: shapes and lengths, padding invariance, forget-gate bias, normalised log-probs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asr.config import ModelConfig
+from asr.features import length_mask
+from asr.model import AcousticModel, subsampled_lengths
+
+N_MELS, VOCAB = 20, 11
+
+
+def make_model(cfg: ModelConfig, seed: int = 0) -> AcousticModel:
+    torch.manual_seed(seed)
+    return AcousticModel(cfg, N_MELS, VOCAB).eval()
+
+
+def padded(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    out = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        out[i, : f.shape[0]] = f
+    return out, lengths
+
+
+def test_subsampled_lengths_is_ceil_of_ceil():
+    for t in range(1, 40):
+        assert int(subsampled_lengths(torch.tensor([t]))) == math.ceil(math.ceil(t / 2) / 2)
+
+
+@pytest.mark.parametrize("lengths", [[1], [4, 5], [37, 80, 9], [64, 64]])
+def test_output_shapes_and_lengths(tiny_model_cfg, lengths):
+    model = make_model(tiny_model_cfg)
+    feats, lens = padded([torch.randn(n, N_MELS) for n in lengths])
+    with torch.no_grad():
+        log_probs, out_len = model(feats, lens)
+    t_max = math.ceil(math.ceil(max(lengths) / 2) / 2)
+    assert log_probs.shape == (len(lengths), t_max, VOCAB)
+    assert log_probs.dtype == torch.float32
+    assert out_len.tolist() == [math.ceil(math.ceil(n / 2) / 2) for n in lengths]
+
+
+def test_log_probs_are_normalised(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    feats, lens = padded([torch.randn(30, N_MELS) * 3, torch.randn(13, N_MELS)])
+    with torch.no_grad():
+        log_probs, _ = model(feats, lens)
+    assert (log_probs <= 0).all()
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("short", [37, 38, 40, 1])
+def test_padding_does_not_change_the_result(tiny_model_cfg, short):
+    """An utterance alone and the same utterance zero-padded in a batch with a longer one (eval mode)."""
+    model = make_model(tiny_model_cfg)
+    torch.manual_seed(1)
+    a, b = torch.randn(short, N_MELS), torch.randn(91, N_MELS)
+    with torch.no_grad():
+        alone, alone_len = model(a[None], torch.tensor([short]))
+        both, both_len = model(*padded([b, a]))
+        b_alone, _ = model(b[None], torch.tensor([91]))
+    n = int(alone_len[0])
+    assert int(both_len[1]) == n
+    torch.testing.assert_close(both[1, :n], alone[0, :n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[0], b_alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_batch_of_three_equals_three_batches_of_one(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    torch.manual_seed(2)
+    utts = [torch.randn(n, N_MELS) for n in (23, 50, 7)]
+    with torch.no_grad():
+        batch, lens = model(*padded(utts))
+        for i, u in enumerate(utts):
+            one, n = model(u[None], torch.tensor([u.shape[0]]))
+            torch.testing.assert_close(batch[i, : int(n[0])], one[0], atol=1e-5, rtol=1e-5)
+
+
+def test_conv_front_end_zeroes_frames_beyond_each_length(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    feats, lens = padded([torch.randn(9, N_MELS), torch.randn(40, N_MELS)])
+    with torch.no_grad():
+        x, out_len = model.subsample(feats, lens)
+    mask = length_mask(out_len, x.shape[1])
+    # Beyond the length only the projection bias remains: every padded frame is the same vector.
+    pad = x[0, int(out_len[0]):]
+    assert pad.shape[0] > 0
+    torch.testing.assert_close(pad, model.subsample.proj.bias.expand_as(pad))
+    assert mask[1].all()
+
+
+def test_forget_gate_bias_is_one(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    h = tiny_model_cfg.hidden
+    names = [n for n, _ in model.lstm.named_parameters() if n.startswith("bias")]
+    # Both directions of every layer.
+    assert len(names) == 2 * 2 * tiny_model_cfg.layers
+    for name, p in model.lstm.named_parameters():
+        if name.startswith("bias_ih"):
+            assert torch.all(p[h : 2 * h] == 1.0), name
+        elif name.startswith("bias_hh"):
+            assert torch.all(p[h : 2 * h] == 0.0), name
+    # The effective forget-gate bias (ih + hh) is 1.
+    for layer in range(tiny_model_cfg.layers):
+        for sfx in ("", "_reverse"):
+            total = getattr(model.lstm, f"bias_ih_l{layer}{sfx}") + getattr(model.lstm, f"bias_hh_l{layer}{sfx}")
+            assert torch.all(total[h : 2 * h] == 1.0)
+
+
+def test_dropout_only_in_training():
+    model = make_model(ModelConfig(subsample_channels=4, hidden=16, layers=2, dropout=0.5))
+    feats, lens = padded([torch.randn(40, N_MELS)])
+    with torch.no_grad():
+        a, _ = model(feats, lens)
+        b, _ = model(feats, lens)
+        model.train()
+        torch.manual_seed(0)
+        c, _ = model(feats, lens)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_gradients_do_not_flow_from_padding(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    feats, lens = padded([torch.randn(60, N_MELS), torch.randn(21, N_MELS)])
+    feats.requires_grad_(True)
+    log_probs, out_len = model(feats, lens)
+    n = int(out_len[1])
+    log_probs[1, :n].sum().backward()
+    assert feats.grad[0].abs().sum() == 0, "utterance 0 does not influence utterance 1"
+    assert feats.grad[1, :21].abs().sum() > 0
