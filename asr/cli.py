@@ -39,10 +39,25 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from asr.data.librispeech import prepare_librispeech
     from asr.data.manifest import write_manifest
 
     problems: list[str] = []
+    if args.format == "fsdd":
+        from asr.data.fsdd import FSDDError, PrepareOptions, prepare_fsdd
+
+        opts = PrepareOptions(test_speakers=tuple(args.test_speakers), dev_speakers=tuple(args.dev_speakers),
+                              connected_per_speaker=args.num_connected, eval_connected_per_speaker=args.num_eval_connected,
+                              min_digits=args.min_digits, max_digits=args.max_digits, seed=args.seed)
+        try:
+            manifests = prepare_fsdd(args.root, args.output, opts, problems)
+        except FSDDError as e:
+            print(f"asr prepare: error: {e}", file=sys.stderr)
+            return 2
+        for name, utts in manifests.items():
+            print(f"{args.output}/{name}.jsonl: {len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min")
+        return _report(problems, "recordings")
+    from asr.data.librispeech import prepare_librispeech
+
     utts = prepare_librispeech(args.root, problems)
     n = write_manifest(args.output, utts)
     hours = sum(u.duration for u in utts) / 3600
@@ -180,9 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("prepare", help="corpus in LibriSpeech layout -> manifest.jsonl")
+    p = sub.add_parser("prepare", help="corpus (LibriSpeech layout, or FSDD) -> manifest(s)")
     p.add_argument("root")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="manifest file (librispeech) or output folder (fsdd)")
+    p.add_argument("--format", default="librispeech", choices=["librispeech", "fsdd"])
+    g = p.add_argument_group("fsdd", "speaker-disjoint isolated and connected digits")
+    g.add_argument("--test-speakers", nargs="+", default=["jackson"])
+    g.add_argument("--dev-speakers", nargs="*", default=["nicolas"])
+    g.add_argument("--num-connected", type=int, default=200, help="connected strings per training speaker")
+    g.add_argument("--num-eval-connected", type=int, default=100, help="connected strings per dev/test speaker")
+    g.add_argument("--min-digits", type=int, default=2)
+    g.add_argument("--max-digits", type=int, default=7)
+    g.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("shard", help="manifest -> webdataset shards")
