@@ -35,12 +35,15 @@ def write_audio(path: Path, seconds: float, rate: int = 16000, seed: int = 0, ch
     return data
 
 
-def int16_roundtrip(x: np.ndarray) -> np.ndarray:
-    """What a 16-bit file holds of float samples ``x``: soundfile's quantisation, read back as float."""
+def int16_roundtrip(x: np.ndarray, fmt: str = "FLAC") -> np.ndarray:
+    """What a 16-bit ``fmt`` file holds of float samples ``x``, read back as float.
+
+    (libsndfile rounds to 16 bits differently for WAV and FLAC, so the format matters.)
+    """
     import io
 
     buf = io.BytesIO()
-    sf.write(buf, x, 16000, format="WAV", subtype="PCM_16")
+    sf.write(buf, x, 16000, format=fmt, subtype="PCM_16")
     buf.seek(0)
     return sf.read(buf, dtype="float32")[0]
 

@@ -18,7 +18,7 @@ def test_mono_16k_int16_wav_is_read_unchanged(tmp_path):
     wav = load_audio(path)
     assert wav.dtype == torch.float32 and wav.ndim == 1
     assert wav.shape[0] == 8000
-    np.testing.assert_allclose(wav.numpy(), int16_roundtrip(data), atol=1e-6)
+    np.testing.assert_allclose(wav.numpy(), int16_roundtrip(data, "WAV"), atol=1e-6)
 
 
 def test_stereo_is_mixed_down_to_the_channel_mean(tmp_path):

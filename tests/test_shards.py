@@ -1,0 +1,222 @@
+"""asr.data.shards: write -> stream round trip, rank/worker splits, frame-budget batches, corrupt shards."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from asr.audio import load_audio
+from asr.data.manifest import Utterance
+from asr.data.shards import (HOP, Sample, ShardBatches, bucket_batches, bucket_edges, pad_batch, resolve_shards,
+                             shard_metadata, write_shards)
+from tests.conftest import int16_roundtrip, write_audio
+
+NUM = 14
+DURATIONS = [0.12, 0.95, 0.33, 0.5, 0.21, 0.77, 0.4, 0.15, 0.6, 0.28, 0.88, 0.36, 0.18, 0.52]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """14 utterances: 16 kHz FLAC (copied into shards as is), plus one 8 kHz stereo WAV (converted)."""
+    root = tmp_path_factory.mktemp("shards")
+    utts, expected = [], {}
+    for i, sec in enumerate(DURATIONS):
+        uid = f"spk{i % 3}-ch-{i:04d}"
+        if i == 5:
+            path = root / "audio" / f"{uid}.wav"
+            write_audio(path, sec, rate=8000, channels=2, seed=i, subtype="PCM_16")
+            audio = int16_roundtrip(load_audio(path).numpy())
+        else:
+            path = root / "audio" / f"{uid}.flac"
+            audio = int16_roundtrip(write_audio(path, sec, seed=i, subtype="PCM_16"))
+        if i == 7:
+            uid = "id.with.dots"  # webdataset keys cannot hold dots; the id must survive anyway
+        utts.append(Utterance(uid, str(path), f"TEXT NUMBER {i}", sec, f"spk{i % 3}"))
+        expected[uid] = (audio, f"TEXT NUMBER {i}")
+    problems: list[str] = []
+    shards = write_shards(utts, root / "out", "train", max_per_shard=4, problems=problems, progress=False)
+    assert problems == []
+    return root, utts, [str(s) for s in shards], expected
+
+
+def collect(batches) -> list[tuple[str, np.ndarray, str]]:
+    out = []
+    for b in batches:
+        assert b["wav"].shape == (len(b["ids"]), int(b["lengths"].max()))
+        for i, uid in enumerate(b["ids"]):
+            n = int(b["lengths"][i])
+            assert torch.count_nonzero(b["wav"][i, n:]) == 0
+            out.append((uid, b["wav"][i, :n].numpy(), b["texts"][i]))
+    return out
+
+
+def test_write_shards_files_and_index(corpus):
+    root, utts, shards, _ = corpus
+    assert [Path(s).name for s in shards] == [f"train-{i:06d}.tar" for i in range(4)]
+    index = json.loads((root / "out" / "train.index.json").read_text())
+    assert [s["count"] for s in index["shards"]] == [4, 4, 4, 2]
+    assert index["num_utts"] == NUM
+    assert index["hours"] == pytest.approx(sum(DURATIONS) / 3600, abs=1e-4)
+    assert resolve_shards(str(root / "out" / "train.index.json")) == shards
+    assert resolve_shards(str(root / "out" / "train-00000{0..3}.tar")) == shards
+    meta = list(shard_metadata(shards))
+    assert sorted(m["id"] for m in meta) == sorted(u.id for u in utts)
+    assert all(m["audio"] == f"{m['id']}.flac" for m in meta)
+
+
+def test_round_trip_returns_every_sample_once_with_its_audio_and_text(corpus):
+    _, _, shards, expected = corpus
+    ds = ShardBatches(shards, max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, shuffle_buffer=5, seed=3)
+    got = collect(ds)
+    assert Counter(uid for uid, _, _ in got) == Counter(expected.keys())
+    for uid, wav, text in got:
+        audio, ref_text = expected[uid]
+        assert text == ref_text
+        assert wav.shape == audio.shape
+        np.testing.assert_array_equal(wav, audio)  # FLAC at 16 bits is lossless
+
+
+def test_every_epoch_covers_the_data_in_a_new_order(corpus):
+    _, _, shards, expected = corpus
+    ds = ShardBatches(shards, max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, shuffle_buffer=5, seed=3)
+    orders = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        ids = [uid for uid, _, _ in collect(ds)]
+        assert sorted(ids) == sorted(expected)
+        orders.append(ids)
+    assert len({tuple(o) for o in orders}) > 1
+    ds.set_epoch(1)
+    assert [uid for uid, _, _ in collect(ds)] == orders[1], "an epoch's order is reproducible"
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_two_ranks_are_disjoint_and_cover_everything(corpus, shuffle):
+    _, _, shards, expected = corpus
+    seen = []
+    for rank in range(2):
+        ds = ShardBatches(shards, max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, seed=5,
+                          rank=rank, world=2, shuffle=shuffle)
+        ds.set_epoch(2)
+        seen.append([uid for uid, _, _ in collect(ds)])
+    assert seen[0] and seen[1]
+    assert not set(seen[0]) & set(seen[1])
+    assert Counter(seen[0] + seen[1]) == Counter(expected.keys())
+
+
+def test_dataloader_workers_read_no_sample_twice(corpus):
+    _, _, shards, expected = corpus
+    ds = ShardBatches(shards, max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, seed=1)
+    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    ids = [uid for uid, _, _ in collect(loader)]
+    assert Counter(ids) == Counter(expected.keys())
+
+
+def test_ranks_times_workers_read_no_sample_twice(corpus):
+    _, _, shards, expected = corpus
+    ids = []
+    for rank in range(2):
+        ds = ShardBatches(shards, max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, seed=1,
+                          rank=rank, world=2)
+        ids += [uid for uid, _, _ in collect(DataLoader(ds, batch_size=None, num_workers=2))]
+    assert Counter(ids) == Counter(expected.keys())
+
+
+def test_batches_respect_max_frames(corpus):
+    _, _, shards, _ = corpus
+    for max_frames, max_batch in ((150, 16), (250, 16), (400, 3)):
+        ds = ShardBatches(shards, max_frames=max_frames, max_batch=max_batch, num_buckets=2, max_duration=2.0, seed=0)
+        n = 0
+        for b in ds:
+            frames = b["lengths"] // HOP + 1
+            size = len(b["ids"])
+            n += size
+            assert size <= max_batch
+            assert size == 1 or size * int(frames.max()) <= max_frames, (max_frames, b["lengths"].tolist())
+        assert n == NUM
+
+
+def test_skip_batches_resumes_where_the_epoch_stopped(corpus):
+    _, _, shards, _ = corpus
+    ds = ShardBatches(shards, max_frames=150, max_batch=4, num_buckets=2, max_duration=2.0, shuffle_buffer=4, seed=9)
+    ds.set_epoch(4)
+    full = [tuple(b["ids"]) for b in ds]
+    assert len(full) >= 5
+    ds.set_epoch(4, skip_batches=3)
+    assert [tuple(b["ids"]) for b in ds] == full[3:]
+
+
+def test_skip_batches_with_two_workers_skips_exactly_the_consumed_batches(corpus):
+    _, _, shards, _ = corpus
+    ds = ShardBatches(shards, max_frames=150, max_batch=3, num_buckets=2, max_duration=2.0, shuffle_buffer=4, seed=9)
+    ds.set_epoch(1)
+    full = [tuple(b["ids"]) for b in DataLoader(ds, batch_size=None, num_workers=2)]
+    for skip in (2, 3):
+        ds.set_epoch(1, skip_batches=skip)
+        rest = [tuple(b["ids"]) for b in DataLoader(ds, batch_size=None, num_workers=2)]
+        assert Counter(rest) == Counter(full[skip:]), skip
+
+
+def test_utterances_over_max_duration_are_left_out(corpus):
+    _, _, shards, _ = corpus
+    ds = ShardBatches(shards, max_frames=1000, max_batch=16, max_duration=0.5, seed=0)
+    ids = [uid for uid, _, _ in collect(ds)]
+    assert len(ids) == sum(d <= 0.5 for d in DURATIONS)
+
+
+def test_corrupt_shard_is_skipped_without_crashing(corpus, tmp_path):
+    _, _, shards, expected = corpus
+    torn = tmp_path / "train-000009.tar"
+    data = Path(shards[1]).read_bytes()
+    torn.write_bytes(data[: len(data) // 2])  # a truncated copy of shard 1
+    junk = tmp_path / "train-000010.tar"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    readable = [shards[0], shards[2], shards[3]]
+    for loader_workers in (0, 2):
+        ds = ShardBatches(readable + [str(torn), str(junk)], max_frames=300, max_batch=8, max_duration=2.0, seed=0,
+                          shuffle=False)
+        batches = DataLoader(ds, batch_size=None, num_workers=loader_workers) if loader_workers else ds
+        got = collect(batches)
+        ids = Counter(uid for uid, _, _ in got)
+        intact = Counter(m["id"] for m in shard_metadata(readable))
+        assert all(ids[k] == 1 for k in intact), "every sample of the intact shards, once"
+        # Whatever survives of the torn shard is real, complete data.
+        for uid, wav, text in got:
+            np.testing.assert_array_equal(wav, expected[uid][0])
+
+
+def _sample(uid: str, frames: int) -> Sample:
+    return Sample(uid, torch.ones((frames - 1) * HOP), "X", None)
+
+
+def test_bucket_batches_frame_budget_and_single_long_utterance():
+    frames = [10, 50, 500, 12, 45, 30, 11, 60, 9, 48]
+    samples = [_sample(f"u{i}", f) for i, f in enumerate(frames)]
+    batches = list(bucket_batches(iter(samples), max_frames=100, max_batch=4, boundaries=[0.2, 1.0]))
+    assert sorted(s.id for b in batches for s in b) == sorted(s.id for s in samples)
+    for b in batches:
+        longest = max(s.wav.shape[0] // HOP + 1 for s in b)
+        assert len(b) <= 4
+        assert len(b) == 1 or len(b) * longest <= 100
+    assert [s.id for s in next(b for b in batches if any(s.id == "u2" for s in b))] == ["u2"]
+    # Utterances of one batch come from one duration bucket.
+    for b in batches:
+        buckets = {sum((s.wav.shape[0] // HOP + 1) * HOP / 16000 >= e for e in (0.2, 1.0)) for s in b}
+        assert len(buckets) == 1
+
+
+def test_bucket_edges_are_geometric():
+    edges = bucket_edges(16.0, 4, min_duration=1.0)
+    assert edges == pytest.approx([2.0, 4.0, 8.0])
+    assert bucket_edges(30.0, 1) == []
+
+
+def test_pad_batch():
+    b = pad_batch([Sample("a", torch.ones(3), "A", None), Sample("b", torch.full((5,), 2.0), "B", "s")])
+    assert b["ids"] == ["a", "b"] and b["texts"] == ["A", "B"] and b["lengths"].tolist() == [3, 5]
+    assert b["wav"].tolist() == [[1, 1, 1, 0, 0], [2, 2, 2, 2, 2]]
