@@ -1,4 +1,4 @@
-"""The ``asr`` command: synth, prepare, shard, train, evaluate, transcribe, lm.
+"""The ``asr`` command: synth, prepare, shard, train, evaluate, transcribe, plot, export, lm.
 
 Each subcommand reads files the previous stage wrote, so any stage can be rerun alone. A command
 that had to skip bad input says how many and why, and exits with status 3.
@@ -136,6 +136,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         texts = {u.id: u.text for u in utts}
         save_emissions(args.save_emissions, ids, [decoded.log_probs[i] for i in ids], [texts[i] for i in ids],
                        rec.tokenizer.state(), decoded.audio_seconds, 0.04)
+    if not args.no_report:
+        from asr.report import write_evaluation_report
+
+        write_evaluation_report(out, utts, {k: h.text for k, h in decoded.hyps.items()},
+                                title=f"{args.model} on {args.manifest} ({args.decoder})")
     print(f"WER {100 * res['wer']:.2f}%  (CER {100 * res['cer']:.2f}%, {res['num_utts']} utts, "
           f"{res['num_words']} words, {args.decoder}, {res['rtfx']}x real time) -> {out}/results.json")
     return _report(decoded.problems, "utterances")
@@ -144,26 +149,61 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     import torch
 
-    from asr.audio import AudioError, load_audio
     from asr.package import load_package
     from asr.recognizer import Recognizer
+    from asr.transcribe import FORMATS, run
 
+    formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
+    if len(formats) > 1 and not args.output_dir:
+        print("asr transcribe: error: --output-format all needs --output-dir", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.device = _device(args.device)
-    rec = Recognizer.from_package(load_package(args.model), args.device)
+    args.device = "cpu" if args.quantize and args.device == "auto" else _device(args.device)
+    pkg = load_package(args.model)
+    rec = Recognizer.from_package(pkg, args.device)
+    if args.quantize:
+        if args.device != "cpu":
+            print("asr transcribe: error: --quantize (INT8) runs on the CPU only; add --device cpu", file=sys.stderr)
+            return 2
+        from asr.export import quantize_model
+
+        rec.model = quantize_model(rec.model)
     decoder = make_decoder(args, rec.tokenizer)
-    problems = []
-    for path in args.files:
-        try:
-            wav = load_audio(path)
-        except AudioError as e:
-            problems.append(str(e))
-            continue
-        lp, n = rec.log_probs(wav[None], torch.tensor([wav.shape[0]]))
-        text = decoder(lp.float().cpu(), n.cpu())[0].text
-        print(text if len(args.files) == 1 else f"{path}\t{text}", flush=True)
-    return _report(problems, "files")
+    meta = {"model": str(args.model), "decoder": args.decoder, "quantized": bool(args.quantize)}
+    summary = run(rec, decoder, args.inputs, output_dir=args.output_dir, formats=formats, overwrite=args.overwrite,
+                  window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+                  sample_rate=pkg.features.sample_rate, frame_shift=pkg.features.hop_ms / 1000 * 4,
+                  progress=not args.no_progress, meta=meta)
+    if args.output_dir:
+        print(f"{summary.transcribed} files ({summary.audio_seconds / 60:.1f} min of audio) transcribed to "
+              f"{args.output_dir}" + (f"; {summary.already_done} already done" if summary.already_done else ""),
+              file=sys.stderr)
+    return _report(summary.problems, "files")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from asr.plot import plot_training, read_log
+
+    logs = [read_log(p) for p in args.logs]
+    first = Path(args.logs[0])
+    out = Path(args.output) if args.output else (first if first.is_dir() else first.parent) / "train_curves.png"
+    try:
+        print(plot_training(logs, out))
+    except ValueError as e:
+        print(f"asr plot: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from asr.export import export_package
+
+    meta = export_package(args.model, args.output, quantize=args.quantize)
+    print(f"{args.output}: model.ts ({'INT8' if meta['quantized'] else 'float32'}, {meta['vocab_size']} tokens, "
+          f"{meta['sample_rate']} Hz), tokens.txt, export.json, transcribe.py "
+          f"(try: python {Path(args.output) / 'transcribe.py'} {args.output} audio.wav)")
+    return 0
 
 
 def _decoder_options(p: argparse.ArgumentParser) -> None:
@@ -234,15 +274,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=60000)
     p.add_argument("--workers", type=int, default=1, help="audio loading processes")
     p.add_argument("--save-emissions", help="also save log-probs here (for LM tuning and benchmarks)")
+    p.add_argument("--no-report", action="store_true", help="skip report.md and its PNG plots")
     p.add_argument("--strict", action="store_true")
     _decoder_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("transcribe", help="print the text of audio files")
+    p = sub.add_parser("transcribe", help="transcribe audio files, folders or lists of paths (txt/json/srt/vtt)")
     p.add_argument("--model", required=True)
-    p.add_argument("files", nargs="+")
+    p.add_argument("inputs", nargs="+", help="audio files, folders (searched recursively) or .txt/.lst lists of paths")
+    p.add_argument("-o", "--output-dir", help="write one output file per input and format here (default: stdout)")
+    p.add_argument("-f", "--output-format", default="txt", choices=["txt", "json", "srt", "vtt", "all"])
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
+    p.add_argument("--batch-size", type=int, default=16, help="windows decoded together")
+    p.add_argument("--window", type=float, default=30.0, help="seconds of audio per window for long files")
+    p.add_argument("--overlap", type=float, default=4.0, help="seconds shared by consecutive windows")
+    p.add_argument("--quantize", action="store_true", help="INT8 dynamic quantization of LSTM and linear layers (CPU)")
+    p.add_argument("--no-progress", action="store_true")
     _decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("plot", help="training curves (loss, dev WER, learning rate) from train_log.jsonl -> PNG")
+    p.add_argument("logs", nargs="+", help="train_log.jsonl files or experiment folders (several are overlaid)")
+    p.add_argument("-o", "--output", help="PNG path (default: train_curves.png beside the first log)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("export", help="model package -> TorchScript (waveform in, log-probs out) + tokens.txt")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--quantize", action="store_true", help="INT8 dynamic quantization of LSTM and linear layers")
+    p.set_defaults(func=cmd_export)
 
     try:
         from asr.lm.commands import add_lm_subparser
