@@ -67,7 +67,8 @@ def extract_sentences(raw: str, min_words: int = 3, max_words: int = 16) -> list
         entry = " ".join(line.strip() for line in entry.splitlines() if not line.strip().startswith("--"))
         for sent in _SENT_END.split(entry):
             sent = sent.strip()
-            if not sent or not _ALLOWED.match(sent) or _ACRONYM.search(sent) or _ABBREV.search(sent):
+            # "--" marks an attribution ("-- Mark Twain"), which is not part of the sentence read.
+            if not sent or "--" in sent or sent.startswith("-") or not _ALLOWED.match(sent) or _ACRONYM.search(sent) or _ABBREV.search(sent):
                 continue
             words = normalize(sent).split()
             if min_words <= len(words) <= max_words and all(len(w) > 1 or w in ("A", "I") for w in words):
@@ -120,9 +121,10 @@ class Voice:
 def synthesize(voice: Voice, text: str, rate: float, pitch: float) -> tuple:
     """Speak ``text``; returns (samples float32 (S,), sample_rate). Rate and pitch are factors."""
     if voice.engine == "espeak":
+        # Text goes through stdin: a sentence starting with '-' would otherwise be read as an option.
         cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(170 * rate)), "-p", str(int(min(99, 50 * pitch))),
-               "--stdout", text]
-        proc = subprocess.run(cmd, capture_output=True, timeout=60)
+               "--stdout"]
+        proc = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=60)
         if proc.returncode != 0 or not proc.stdout:
             raise SynthesisError(f"espeak-ng -v {voice.name} failed: {proc.stderr.decode(errors='replace').strip()}")
         data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
@@ -197,8 +199,9 @@ def write_split(out: Path, voices: list[Voice], sentences: list[str], first_spea
 def make_corpus(out: str | Path, num_train: int, num_test: int, num_dev: int = 0, text_files: list[Path] | None = None,
                 test_voices: list[str] | None = None, num_train_voices: int = 60, seed: int = 0,
                 jobs: int = 2, min_words: int = 3, max_words: int = 16, use_flite: bool = True) -> list[str]:
-    """Write ``out/train``, ``out/dev`` (train voices, held-out text) and ``out/test`` (unseen voices
-    and text). Returns the problems met (utterances that failed to synthesize)."""
+    """Write ``out/train``, ``out/dev`` (train voices, held-out text), ``out/test`` (unseen voices
+    and text) and ``out/lm_text.txt`` (all sentences but dev and test, normalised, for an n-gram LM).
+    Returns the problems met (utterances that failed to synthesize)."""
     for tool in ("espeak-ng", "flite"):
         if shutil.which(tool) is None and (tool == "espeak-ng" or use_flite):
             raise SynthesisError(f"'{tool}' is not installed (Debian: apt-get install espeak-ng flite)")
@@ -218,4 +221,8 @@ def make_corpus(out: str | Path, num_train: int, num_test: int, num_dev: int = 0
     if num_dev:
         problems += write_split(out / "dev", voices, dev_text, 1000, 2, seed + 1, jobs, "synth dev")
     problems += write_split(out / "test", tvoices, test_text, 9000, 1, seed + 2, jobs, "synth test")
+    # Text for a language model: every usable sentence except the dev and test ones.
+    held_out = {normalize(s) for s in test_text + dev_text}
+    lm_text = [normalize(s) for s in sentences if normalize(s) not in held_out]
+    (out / "lm_text.txt").write_text("\n".join(lm_text) + "\n")
     return problems
