@@ -164,7 +164,7 @@ def render_markdown(s: Score, speakers: list[GroupScore], lengths: list[GroupSco
         out += [f"![Most frequent errors]({plots['confusions']})", ""]
     out += ["## Per-utterance alignment", "",
             "Worst first (most errors, then id). Correct words in lower case, errors in upper case; "
-            "`***` marks a missing word; S, D, I mark substitutions, deletions and insertions.", "", "```"]
+            "asterisks (`***`) stand for a missing word; S, D, I mark substitutions, deletions and insertions.", "", "```"]
     for u in sorted(s.per_utt, key=lambda u: (-(u["sub"] + u["del"] + u["ins"]), u["id"])):
         ref, hyp, marks = align_lines(u["ref"], u["hyp"])
         errs = u["sub"] + u["del"] + u["ins"]
@@ -223,7 +223,7 @@ def plot_confusions(s: Score, path: str | Path, top: int = 15) -> Path:
         labels, counts = zip(*items)
         bars = ax.barh(range(len(items)), counts, color=color)
         ax.set_yticks(range(len(items)), labels, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(max(top, len(items)) - 0.5, -0.5)  # fixed slots: bars keep one height, most frequent on top
         ax.bar_label(bars, padding=2, fontsize=8)
         ax.set_xlim(0, max(counts) * 1.2)
         ax.set_xlabel("count")
