@@ -37,6 +37,8 @@ def to_mono_16k(data: np.ndarray, sample_rate: int, target_rate: int = 16000, na
 def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | None = None) -> torch.Tensor:
     """Read an audio file (or its bytes) as mono float32 at ``target_rate``; shape (samples,)."""
     name = name or (str(path) if not isinstance(path, bytes) else "<bytes>")
+    if not isinstance(path, bytes) and not Path(path).is_file():
+        raise AudioError(f"{name}: file not found")
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=False)
@@ -49,6 +51,8 @@ def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | N
 
 def audio_duration(path: str | Path) -> float:
     """Duration in seconds from the file header, without decoding the samples."""
+    if not Path(path).is_file():
+        raise AudioError(f"{path}: file not found")
     try:
         info = sf.info(str(path))
     except FileNotFoundError as e:

@@ -95,6 +95,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is bool:
         ok = isinstance(value, bool)
     elif typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     else:

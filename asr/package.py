@@ -116,17 +116,20 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
             f"{path}: model package format version {data.get('format_version')} is not supported "
             f"by asr {__version__} (expects {FORMAT_VERSION})"
         )
-    if _weights_digest(data["state_dict"]) != data.get("sha256"):
-        raise PackageError(f"{path}: model weights do not match their checksum (corrupt package)")
-    model_cfg = from_dict(ModelConfig, data["model_config"])
-    model = AcousticModel(model_cfg, data["n_mels"], data["vocab_size"])
-    model.load_state_dict(data["state_dict"])
-    model.to(device).eval()
-    return ModelPackage(
-        model=model,
-        features=from_dict(FeatureConfig, data["feature_config"]),
-        cmvn_mean=data["cmvn"]["mean"],
-        cmvn_std=data["cmvn"]["std"],
-        tokenizer=tokenizer_from_state(data["tokenizer"]),
-        meta=data.get("meta", {}),
-    )
+    try:
+        if _weights_digest(data["state_dict"]) != data.get("sha256"):
+            raise PackageError(f"{path}: model weights do not match their checksum (corrupt package)")
+        model_cfg = from_dict(ModelConfig, data["model_config"])
+        model = AcousticModel(model_cfg, data["n_mels"], data["vocab_size"])
+        model.load_state_dict(data["state_dict"])
+        model.to(device).eval()
+        return ModelPackage(
+            model=model,
+            features=from_dict(FeatureConfig, data["feature_config"]),
+            cmvn_mean=data["cmvn"]["mean"],
+            cmvn_std=data["cmvn"]["std"],
+            tokenizer=tokenizer_from_state(data["tokenizer"]),
+            meta=data.get("meta", {}),
+        )
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise PackageError(f"{path}: model package is incomplete or inconsistent ({type(e).__name__}: {e})") from None
