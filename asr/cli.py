@@ -65,6 +65,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return _report(problems, "utterances")
 
 
+def cmd_augment(args: argparse.Namespace) -> int:
+    from asr.data.augment import AugmentOptions, augment_utterances, synth_digit_strings
+    from asr.data.manifest import read_manifest, write_manifest
+
+    problems: list[str] = []
+    utts = read_manifest(args.manifest, problems=problems)
+    opts = AugmentOptions(speeds=tuple(args.speeds), noise_prob=args.noise_prob, snr_db=(args.snr_min, args.snr_max),
+                          seed=args.seed)
+    out = augment_utterances(utts, Path(args.audio_dir) / "perturbed", opts, problems, jobs=args.jobs)
+    if args.synth_digits:
+        out += synth_digit_strings(args.synth_digits, Path(args.audio_dir) / "synth", args.synth_voices,
+                                   seed=args.seed, band_limit_hz=args.band_limit, problems=problems, jobs=args.jobs)
+    n = write_manifest(args.output, out)
+    print(f"{args.output}: {n} utterances ({len(utts)} in), {sum(u.duration for u in out) / 60:.1f} min")
+    return _report(problems, "utterances")
+
+
 def cmd_shard(args: argparse.Namespace) -> int:
     from asr.data.manifest import read_manifest
     from asr.data.shards import write_shards
@@ -248,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-digits", type=int, default=7)
     g.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("augment", help="training manifest -> speed-perturbed, noisy (and synthetic) copies")
+    p.add_argument("manifest")
+    p.add_argument("-o", "--output", required=True, help="output manifest (originals and copies)")
+    p.add_argument("--audio-dir", required=True, help="folder for the written audio")
+    p.add_argument("--speeds", nargs="+", type=float, default=[0.9, 1.0, 1.1])
+    p.add_argument("--noise-prob", type=float, default=0.0, help="probability that a copy gets additive noise")
+    p.add_argument("--snr-min", type=float, default=5.0)
+    p.add_argument("--snr-max", type=float, default=30.0)
+    p.add_argument("--synth-digits", type=int, default=0, help="add this many espeak-ng/flite digit strings")
+    p.add_argument("--synth-voices", type=int, default=40)
+    p.add_argument("--band-limit", type=int, default=4000, help="Hz; synthetic audio is low-passed here (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2)
+    p.set_defaults(func=cmd_augment)
 
     p = sub.add_parser("shard", help="manifest -> webdataset shards")
     p.add_argument("manifest")
