@@ -62,5 +62,24 @@ def feature_cfg():
     return FeatureConfig()
 
 
+TRAIN_TEXTS = ["AB", "CAT", "DOG", "A B", "BE", "SEA", "TEA", "ODD", "EGG", "HI", "OK", "AT"]
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory):
+    """12 short utterances (tones with short texts) in 3 shards, for runs of the training loop."""
+    from asr.data.manifest import Utterance
+    from asr.data.shards import write_shards
+
+    root = tmp_path_factory.mktemp("train")
+    utts = []
+    for i, text in enumerate(TRAIN_TEXTS):
+        sec = 0.3 + 0.05 * (i % 4)
+        path = root / "audio" / f"u{i:02d}.flac"
+        write_audio(path, sec, seed=i, subtype="PCM_16")
+        utts.append(Utterance(f"u{i:02d}", str(path), text, sec))
+    return [str(p) for p in write_shards(utts, root / "shards", "train", max_per_shard=5, progress=False)]
+
+
 def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None

@@ -109,9 +109,9 @@ def test_non_audio_bytes_are_an_error_naming_the_file(tmp_path):
 
 def test_missing_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "nowhere" / "missing.wav"
-    with pytest.raises(AudioError, match="missing.wav"):
+    with pytest.raises(AudioError, match="missing.wav: file not found"):
         load_audio(path)
-    with pytest.raises(AudioError, match="missing.wav"):
+    with pytest.raises(AudioError, match="missing.wav: file not found"):
         audio_duration(path)
 
 

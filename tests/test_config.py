@@ -29,6 +29,17 @@ def test_overrides_set_typed_values():
     assert cfg.model.dropout == ModelConfig().dropout and cfg.train.epochs == ExperimentConfig().train.epochs
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    # PyYAML (YAML 1.1) reads "1e-3" as a string; a float field must still accept it.
+    cfg = load_config(None, ["train.lr=1e-3", "train.weight_decay=5e-2"])
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.weight_decay == pytest.approx(5e-2)
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3e-4\n")
+    assert load_config(path).train.lr == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(None, ["train.epochs=1e3"])  # not silently an int
+
+
 def test_yaml_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  hidden: 64\n  layers: 2\ntrain:\n  epochs: 3\n  lr: 1.0e-3\n")

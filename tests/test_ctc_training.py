@@ -123,3 +123,57 @@ def test_lr_factor_warms_up_then_decays_to_the_final_fraction():
     assert f[60] == pytest.approx(final + (1 - final) * 0.5)
     assert f[110] == pytest.approx(final) and f[199] == pytest.approx(final)
     assert lr_factor(0, 0, 100, 0.1) == pytest.approx(1.0)
+
+
+# --- the whole loop: train() from shards, and resume equality -------------------------------------------
+
+def tiny_experiment(**train):
+    from asr.config import load_config
+
+    overrides = ["features.n_mels=20", "model.subsample_channels=4", "model.hidden=16", "model.layers=2",
+                 "model.dropout=0.2", "train.max_frames=120", "train.max_batch=4", "train.num_workers=0",
+                 "train.warmup_steps=2", "train.cmvn_utts=0", "train.shuffle_buffer=4", "train.num_buckets=2",
+                 "train.bf16=false", "train.threads=1", "train.log_every=1"]
+    return load_config(None, overrides + [f"train.{k}={v}" for k, v in train.items()])
+
+
+def final_weights(exp) -> dict:
+    state = torch.load(exp / "ckpt" / "state.pt", weights_only=False)
+    return state["model"]
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(train_shards, tmp_path, monkeypatch):
+    """Train 2 epochs straight, keeping a copy of every checkpoint; then resume from a mid-epoch and
+    from an end-of-epoch checkpoint: the final weights are identical (data position, RNG, optimizer
+    and schedule all restored)."""
+    import shutil
+
+    import asr.train as T
+
+    stash: dict[tuple[int, int], object] = {}
+    real_save = T.save_checkpoint
+
+    def save_and_keep(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        epoch, batch = args[6], args[7]
+        copy = tmp_path / f"state-{epoch}-{batch}.pt"
+        shutil.copy(path, copy)
+        stash[(epoch, batch)] = copy
+
+    monkeypatch.setattr(T, "save_checkpoint", save_and_keep)
+    cfg = tiny_experiment(epochs=2, save_every_steps=2)
+    straight = T.train(cfg, train_shards, [], tmp_path / "straight", device="cpu")
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    assert straight["epochs"] == 2 and straight["steps"] >= 6
+    mid = [k for k in stash if k[0] == 0 and k[1] > 0]
+    assert mid and (1, 0) in stash, sorted(stash)
+    expected = final_weights(tmp_path / "straight")
+    for key in (min(mid), (1, 0)):
+        exp = tmp_path / f"resumed-{key[0]}-{key[1]}"
+        (exp / "ckpt").mkdir(parents=True)
+        shutil.copy(stash[key], exp / "ckpt" / "state.pt")
+        summary = T.train(cfg, train_shards, [], exp, device="cpu", resume=True)
+        assert summary["steps"] == straight["steps"], key
+        got = final_weights(exp)
+        for name, w in expected.items():
+            assert torch.equal(got[name], w), f"resumed from {key}: {name} differs"

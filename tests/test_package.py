@@ -88,6 +88,13 @@ def test_other_torch_files_are_not_packages(tmp_path):
         load_package(tmp_path / "ckpt.pt")
 
 
+def test_package_with_missing_fields_is_refused(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({"format": "asr-model", "format_version": FORMAT_VERSION}, path)
+    with pytest.raises(PackageError, match="partial.pt"):
+        load_package(path)
+
+
 def test_other_format_version_is_refused(saved):
     path = saved[0]
     data = torch.load(path, weights_only=False)
