@@ -6,6 +6,7 @@ clip, step, log) and ``validate`` (greedy dev WER), then ``save_checkpoint`` and
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -242,8 +243,12 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     tokenizer = tokenizer_from_state(state["tokenizer"]) if state else fit_tokenizer(cfg, train_shards)
     data = ShardBatches(train_shards, tc.max_frames, tc.max_batch, tc.num_buckets, tc.max_duration,
                         tc.shuffle_buffer, tc.seed, dd.rank, dd.world)
+    data.check_split(tc.num_workers)
+    # The loader gets its own generator: starting an epoch must not draw from the global RNG, or a
+    # resumed run would diverge from an uninterrupted one.
     loader = DataLoader(data, batch_size=None, num_workers=tc.num_workers, pin_memory=dev_t.type == "cuda",
-                        prefetch_factor=4 if tc.num_workers else None, persistent_workers=False)
+                        prefetch_factor=4 if tc.num_workers else None, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(tc.seed))
     frontend = FeatureExtractor(cfg.features, cfg.specaug).to(dev_t)
     if state:
         cmvn = (state["cmvn"]["mean"], state["cmvn"]["std"])
@@ -282,7 +287,14 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
 
     def checkpoint(ep: int, batch_pos: int) -> None:
         if dd.main:
-            save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer, history)
+            try:
+                save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer, history)
+            except OSError as e:  # e.g. ENOSPC: atomic_save left the previous checkpoint untouched
+                raise RuntimeError(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good "
+                                   "checkpoint is intact, free space and rerun with --resume") from e
+
+    skipped: set[str] = set()
+    data_wait = 0.0
 
     while epoch < tc.epochs and not stopped_early:
         data.set_epoch(epoch, start_batch)
@@ -294,8 +306,11 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         bar = tqdm(total=steps_per_epoch * tc.accum_steps, initial=start_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    unit="batch", disable=not dd.main)
         t_epoch = time.time()
+        data_wait = 0.0
         while True:
+            t_wait = time.perf_counter()
             batch = next(it, None)
+            data_wait += time.perf_counter() - t_wait
             if dd.world > 1:
                 # Stop the epoch on every rank as soon as one rank runs out, so no rank waits forever
                 # in an all-reduce that the others never join.
@@ -306,27 +321,34 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             elif batch is None:
                 break
             batch_pos += 1
-            out = compute_loss(net, frontend, batch, tokenizer, dev_t, tc.bf16, counters)
+            skipped.update(batch.get("problems", []))
             micro = (batch_pos - start_batch) % tc.accum_steps
-            if out is None:
-                continue
-            loss, stats = out
-            finite = torch.isfinite(loss)
-            if dd.world > 1:
-                finite = finite.float()
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                finite = finite.bool()
-            if not bool(finite):
+            # Under DDP, gradients are all-reduced only on the micro-batch that ends an accumulation.
+            sync = micro == 0 or dd.world == 1
+            with net.no_sync() if not sync else contextlib.nullcontext():
+                out = compute_loss(net, frontend, batch, tokenizer, dev_t, tc.bf16, counters)
+                ok = out is not None and bool(torch.isfinite(out[0]))
+                if dd.world > 1:
+                    # All ranks agree before backward (where DDP all-reduces): if any rank's loss is
+                    # unusable, every rank skips this batch, so none waits for the others.
+                    flag = torch.tensor([1.0 if ok else 0.0], device=dev_t)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                    ok = bool(flag.item() == 1.0)
+                if ok:
+                    (out[0] / tc.accum_steps).backward()
+            if out is not None and not torch.isfinite(out[0]):
                 counters.nonfinite += 1
                 counters.nonfinite_run += 1
-                log.warning("non-finite loss, batch skipped (ids %s)", ", ".join(stats["ids"][:5]))
-                opt.zero_grad(set_to_none=True)
+                log.warning("non-finite loss, batch skipped (ids %s)", ", ".join(out[1]["ids"][:5]))
                 if counters.nonfinite_run >= tc.max_nonfinite:
                     raise RuntimeError(f"{counters.nonfinite_run} non-finite losses in a row; last batch: "
-                                       f"{', '.join(stats['ids'])}")
+                                       f"{', '.join(out[1]['ids'])}")
+            if not ok:
+                if out is not None or dd.world > 1:
+                    opt.zero_grad(set_to_none=True)
                 continue
+            loss, stats = out
             counters.nonfinite_run = 0
-            (loss / tc.accum_steps).backward()
             sums["loss"] += loss.item() * stats["tokens"]
             sums["tokens"] += stats["tokens"]
             sums["audio_s"] += stats["audio_s"]
@@ -344,7 +366,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 rec = {"step": step, "epoch": epoch + 1, "loss": round(float(loss), 4), "lr": sched.get_last_lr()[0],
                        "grad_norm": round(gnorm, 3), "padding": round(stats["padding"], 3), "batch_utts": stats["utts"],
                        "audio_x": round(sums["audio_s"] * dd.world / max(now - t_epoch, 1e-6), 1),
-                       "time": round(now - t_start, 1)}
+                       "data_wait": round(data_wait / max(now - t_epoch, 1e-6), 3), "time": round(now - t_start, 1)}
                 steplog.write(**rec)
                 bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{rec['lr']:.1e}", x=rec["audio_x"])
             if tc.save_every_steps and step % tc.save_every_steps == 0:
@@ -377,9 +399,12 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     if counters.infeasible or counters.untokenizable:
         log.warning("filtered %d CTC-infeasible and %d untokenizable training utterances (counted per epoch)",
                     counters.infeasible, counters.untokenizable)
+    if skipped:
+        log.warning("%d bad training samples were skipped, e.g. %s", len(skipped), "; ".join(sorted(skipped)[:3]))
     summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if best_wer == float("inf") else best_wer,
                "infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
-               "nonfinite": counters.nonfinite, "train_seconds": round(time.time() - t_start, 1)}
+               "nonfinite": counters.nonfinite, "skipped": sorted(skipped),
+               "train_seconds": round(time.time() - t_start, 1)}
     if dd.main:
         (exp / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if dd.world > 1:

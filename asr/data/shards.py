@@ -194,9 +194,18 @@ class ShardBatches(IterableDataset):
         self.rank, self.world = rank, world
         self.epoch = 0
         self.skip_batches = 0
+        self.problems: list[str] = []
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
+
+    def check_split(self, num_workers: int) -> None:
+        """Warn when some rank's loader workers would get no shard at all (they idle, and ranks may
+        see very different amounts of data)."""
+        slots = self.world * max(1, num_workers)
+        if len(self.shards) < slots:
+            log.warning("%d shards for %d ranks x %d workers: some workers get no data; write more, smaller shards "
+                        "(asr shard --max-per-shard)", len(self.shards), self.world, max(1, num_workers))
 
     def my_shards(self, worker: int, num_workers: int) -> list[str]:
         """This rank's and worker's share of the epoch's shard order."""
@@ -207,8 +216,12 @@ class ShardBatches(IterableDataset):
         return mine[worker::num_workers]
 
     def samples(self, shards: list[str]) -> Iterator[Sample]:
+        """Decoded samples of ``shards``; each one skipped is recorded in ``self.problems``."""
+
         def on_error(exn: Exception) -> bool:
-            log.warning("skipped unreadable shard data: %s", exn)
+            msg = f"unreadable shard data: {exn}"
+            log.warning("skipped %s", msg)
+            self.problems.append(msg)
             return True
 
         raw = wds.tariterators.tarfile_samples(({"url": u} for u in shards), handler=on_error)
@@ -217,14 +230,18 @@ class ShardBatches(IterableDataset):
                 s = decode_sample(r)
             except (AudioError, ValueError, KeyError) as e:
                 log.warning("skipped: %s", e)
+                self.problems.append(str(e))
                 continue
             if s.wav.shape[0] / 16000 > self.max_duration:
+                self.problems.append(f"{s.id}: longer than max_duration={self.max_duration:g} s")
                 continue
             yield s
 
     def __iter__(self) -> Iterator[dict]:
+        """Padded batches (see ``pad_batch``), each with "problems": samples skipped since the last batch."""
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        self.problems: list[str] = []
         rng = random.Random(self.seed + 1000 * self.epoch + 7 * worker + 100003 * self.rank)
         stream = self.samples(self.my_shards(worker, num_workers))
         if self.shuffle:
@@ -238,7 +255,9 @@ class ShardBatches(IterableDataset):
         skip = max(0, -(-(self.skip_batches - worker) // num_workers))
         for i, b in enumerate(batches):
             if i >= skip:
-                yield pad_batch(b)
+                batch = pad_batch(b)
+                batch["problems"], self.problems = self.problems, []
+                yield batch
 
 
 def shard_metadata(shards: list[str]) -> Iterator[dict]:
