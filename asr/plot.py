@@ -55,8 +55,14 @@ def read_log(path: str | Path) -> TrainingLog:
     return TrainingLog(name, [steps[k] for k in sorted(steps)], [epochs[k] for k in sorted(epochs)], bad)
 
 
-def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average with bias correction, so the first points are not pulled to zero."""
+def _smooth(values: list[float], weight: float | None = None) -> list[float]:
+    """Exponential moving average with bias correction, so the first points are not pulled to zero.
+
+    By default the weight grows with the number of points (about a tenth of the curve is averaged,
+    at most 50 points), so a short log is not dragged behind by the lag of a long average.
+    """
+    if weight is None:
+        weight = min(0.98, max(0.0, 1 - 10 / max(len(values), 1)))
     out, avg = [], 0.0
     for i, v in enumerate(values, 1):
         avg = weight * avg + (1 - weight) * v

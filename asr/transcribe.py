@@ -154,7 +154,9 @@ def iter_windows(path: str | Path, window_s: float = 30.0, overlap_s: float = 4.
                     raise AudioError(f"{path}: no samples (empty audio)")
                 return
             block = np.concatenate([carry, data]) if carry.shape[0] else data
-            yield start / sr, data.shape[0] / sr, to_mono_16k(block, sr, rate, str(path))
+            # A mono block goes in as 1-D: averaging a (S, 1) array over channels costs a strided pass for nothing.
+            yield start / sr, data.shape[0] / sr, to_mono_16k(block[:, 0] if block.shape[1] == 1 else block, sr, rate,
+                                                              str(path))
             if block.shape[0] < win:
                 return
             carry = block[hop:]
