@@ -101,7 +101,9 @@ def _perturb_job(job: tuple) -> Utterance | str:
             gen = torch.Generator().manual_seed(seed)
             wav = add_noise(wav, colored_noise(wav.shape[0], noise_kind, gen), snr)
         dur = _write(Path(path), wav)
-    except (AudioError, OSError, RuntimeError, ValueError) as e:
+    except AudioError as e:  # already names the file
+        return str(e)
+    except (OSError, RuntimeError, ValueError) as e:
         return f"{utt.audio}: {e}"
     suffix = Path(path).stem[len(utt.id):]
     return Utterance(utt.id + suffix, str(Path(path).resolve()), utt.text, round(dur, 4), utt.speaker)
