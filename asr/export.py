@@ -149,13 +149,15 @@ def export_package(package_path: str | Path, out_dir: str | Path, quantize: bool
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "asr_version": __version__,
         "sample_rate": pkg.features.sample_rate, "frame_shift": pkg.features.hop_ms / 1000 * 4, "blank": 0,
         "vocab_size": len(tokens), "tokenizer": pkg.tokenizer.kind, "quantized": quantize,
-        "source": str(package_path), "source_meta": {k: v for k, v in pkg.meta.items() if k in ("epoch", "step", "dev_wer")},
+        "source": str(package_path),
+        "source_meta": {k: v for k, v in pkg.meta.items() if k in ("epoch", "step", "dev_wer")},
     }
     model_path = out / "model.ts"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         # Tokens and metadata also ride inside model.ts, so the single file is enough to decode.
-        torch.jit.save(traced, str(model_path), _extra_files={"tokens.txt": tokens_txt, "export.json": json.dumps(meta)})
+        torch.jit.save(traced, str(model_path),
+                       _extra_files={"tokens.txt": tokens_txt, "export.json": json.dumps(meta)})
     meta["sha256"] = _sha256(model_path)
     (out / "tokens.txt").write_text(tokens_txt, encoding="utf-8")
     (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")

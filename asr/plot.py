@@ -24,7 +24,10 @@ class TrainingLog:
 
 
 def read_log(path: str | Path) -> TrainingLog:
-    """Parse a ``train_log.jsonl`` (or the experiment folder holding one); torn or foreign lines are counted and skipped."""
+    """Parse a ``train_log.jsonl`` (or the experiment folder holding one).
+
+    Torn or foreign lines are counted and skipped.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "train_log.jsonl"
@@ -98,7 +101,8 @@ def plot_training(logs: list[TrainingLog], out: str | Path) -> Path:
             dev = [(r["step"], 100 * r["dev_wer"], 100 * r.get("dev_cer", float("nan"))) for r in lg.epochs
                    if r.get("dev_wer") is not None]
             if dev:
-                ax_wer.plot([d[0] for d in dev], [d[1] for d in dev], "o-", color=c, label=(label + " " if label else "") + "WER")
+                ax_wer.plot([d[0] for d in dev], [d[1] for d in dev], "o-", color=c,
+                            label=(label + " " if label else "") + "WER")
                 ax_wer.plot([d[0] for d in dev], [d[2] for d in dev], "s:", color=c, alpha=0.7,
                             label=(label + " " if label else "") + "CER")
                 best = min(dev, key=lambda d: d[1])

@@ -156,7 +156,8 @@ def render_markdown(s: Score, speakers: list[GroupScore], lengths: list[GroupSco
     out += ["## Most frequent errors", "", f"### Substitutions (top {top})", "", "| count | reference | hypothesis |",
             "|---:|---|---|"]
     out += [f"| {n} | {_md_escape(r)} | {_md_escape(h)} |" for (r, h), n in s.sub_pairs.most_common(top)]
-    for name, counter, col in (("Deletions", s.del_words, "reference word"), ("Insertions", s.ins_words, "hypothesis word")):
+    for name, counter, col in (("Deletions", s.del_words, "reference word"),
+                               ("Insertions", s.ins_words, "hypothesis word")):
         out += ["", f"### {name} (top {top})", "", f"| count | {col} |", "|---:|---|"]
         out += [f"| {n} | {_md_escape(w)} |" for w, n in counter.most_common(top)]
     out += [""]
@@ -164,7 +165,8 @@ def render_markdown(s: Score, speakers: list[GroupScore], lengths: list[GroupSco
         out += [f"![Most frequent errors]({plots['confusions']})", ""]
     out += ["## Per-utterance alignment", "",
             "Worst first (most errors, then id). Correct words in lower case, errors in upper case; "
-            "asterisks (`***`) stand for a missing word; S, D, I mark substitutions, deletions and insertions.", "", "```"]
+            "asterisks (`***`) stand for a missing word; S, D, I mark substitutions, deletions and insertions.",
+            "", "```"]
     for u in sorted(s.per_utt, key=lambda u: (-(u["sub"] + u["del"] + u["ins"]), u["id"])):
         ref, hyp, marks = align_lines(u["ref"], u["hyp"])
         errs = u["sub"] + u["del"] + u["ins"]
@@ -209,7 +211,8 @@ def plot_groups(groups: list[GroupScore], path: str | Path, title: str, xlabel: 
 
 def plot_confusions(s: Score, path: str | Path, top: int = 15) -> Path:
     """Three horizontal bar charts: the most frequent substitutions (REF -> HYP), deletions, insertions."""
-    panels = [("Substitutions (reference -> hypothesis)", [(f"{r} -> {h}", n) for (r, h), n in s.sub_pairs.most_common(top)]),
+    subs = [(f"{r} -> {h}", n) for (r, h), n in s.sub_pairs.most_common(top)]
+    panels = [("Substitutions (reference -> hypothesis)", subs),
               ("Deletions (reference word)", s.del_words.most_common(top)),
               ("Insertions (hypothesis word)", s.ins_words.most_common(top))]
     fig = _figure(13, max(4.0, 0.3 * top + 1.5))

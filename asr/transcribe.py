@@ -200,7 +200,9 @@ def _token_spans(log_probs: Tensor, hyp: Hypothesis) -> list[tuple[int, int, flo
     except RuntimeError as e:
         log.debug("forced alignment failed (%s); using decoder timesteps", e)
     T = log_probs.shape[0]
-    times = hyp.timesteps if len(hyp.timesteps) == len(tokens) else [round(i * T / len(tokens)) for i in range(len(tokens))]
+    times = hyp.timesteps
+    if len(times) != len(tokens):
+        times = [round(i * T / len(tokens)) for i in range(len(tokens))]
     return [(t, t + 1, float(log_probs[min(t, T - 1), k].exp())) for t, k in zip(times, tokens)]
 
 

@@ -143,7 +143,8 @@ def main() -> None:
                 path = tmp / f"long_{int(seconds)}.flac"
                 ref, dur = build_long_recording(utts, seconds, path)
                 for quant in ([], ["--quantize"]) if seconds > 600 else ([],):
-                    stats = run_child(Path(args.model), path, tmp / "out", args.threads, ["--batch-size", str(args.batch_size), *quant])
+                    stats = run_child(Path(args.model), path, tmp / "out", args.threads,
+                                      ["--batch-size", str(args.batch_size), *quant])
                     res = stats["result"]
                     wer = score([ref], [res["text"]]).wer
                     words = res["words"]
@@ -153,7 +154,8 @@ def main() -> None:
                         dur, stats["wall"], wer, stats["peak_rss_mib"], note="wall includes start-up and model load")
 
     load = os.getloadavg()
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, "
           f"{args.threads} threads; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)")
     print(f"model: {args.model}; manifest: {args.manifest}; greedy decoding\n")
     print("| run | audio | wall | RTFx | WER | peak RSS | note |")

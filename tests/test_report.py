@@ -34,12 +34,14 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 def test_speaker_and_length_groups(scored):
     spk = speaker_scores(scored, SPEAKERS)
-    assert [(g.name, g.utts, g.words, g.sub, g.dele, g.ins) for g in spk] == [("A", 2, 8, 1, 1, 1), ("B", 2, 5, 1, 0, 0)]
+    assert [(g.name, g.utts, g.words, g.sub, g.dele, g.ins) for g in spk] == [("A", 2, 8, 1, 1, 1),
+                                                                             ("B", 2, 5, 1, 0, 0)]
     assert spk[0].wer == pytest.approx(3 / 8) and spk[1].wer == pytest.approx(1 / 5), "worst speaker first"
     assert spk[1].cer == pytest.approx(1 / (len("ONE TWO THREE FOUR") + len("CAT"))), "one letter wrong in B's 21"
     by_time, unit = length_scores(scored, DURATIONS)
     assert unit == "duration"
-    assert [(g.name, g.utts, g.errors) for g in by_time] == [("< 2 s", 1, 2), ("2-5 s", 1, 1), ("10-20 s", 1, 0), (">= 20 s", 1, 1)]
+    assert [(g.name, g.utts, g.errors) for g in by_time] == [("< 2 s", 1, 2), ("2-5 s", 1, 1), ("10-20 s", 1, 0),
+                                                             (">= 20 s", 1, 1)]
     by_words, unit = length_scores(scored)
     assert unit == "reference words"
     assert [(g.name, g.utts, g.words) for g in by_words] == [("< 5 words", 3, 7), ("5-10 words", 1, 6)]

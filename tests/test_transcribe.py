@@ -244,7 +244,8 @@ def test_cli_outputs_skip_done_and_bad_file(tmp_path, tiny_model_cfg, capsys):
     write_audio(audio / "three.ogg", 0.7, seed=3, fmt="OGG", subtype="VORBIS")
     (audio / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")
     out = tmp_path / "out"
-    args = ["transcribe", "--model", str(pkg), str(audio), "-o", str(out), "-f", "all", "--no-progress", "--device", "cpu"]
+    args = ["transcribe", "--model", str(pkg), str(audio), "-o", str(out), "-f", "all", "--no-progress",
+            "--device", "cpu"]
     assert main(args) == 3, "a skipped file makes the exit status 3"
     err = capsys.readouterr().err
     assert "broken.wav" in err and "3 files" in err
