@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from tests.conftest import have_espeak
 
@@ -95,6 +96,27 @@ def trained(tmp_path_factory):
                *TRAIN_OVERRIDES, cwd=work)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     return work, summary
+
+
+def test_synthetic_corpus_keeps_test_text_and_voices_unseen(trained):
+    work, _ = trained
+    texts = {s: {json.loads(l)["text"] for l in (work / "data" / f"{s}.jsonl").read_text().splitlines()}
+             for s in ("train", "dev", "test")}
+    assert not texts["test"] & (texts["train"] | texts["dev"])
+    assert not texts["dev"] & texts["train"]
+    speakers = {}
+    for split in ("train", "test"):
+        lines = (work / "corpus" / split / "SPEAKERS.TXT").read_text().splitlines()
+        speakers[split] = {line.split("|")[1].strip().split("@")[0] for line in lines}
+    assert len(speakers["train"]) == 4
+    variant = {split: {v.split("+")[-1] for v in voices} for split, voices in speakers.items()}
+    assert not variant["test"] & variant["train"], speakers
+    # Durations in the manifest are the audio's; the audio is 16 kHz mono.
+    for line in (work / "data" / "test.jsonl").read_text().splitlines():
+        u = json.loads(line)
+        info = sf.info(u["audio"])
+        assert info.samplerate == 16000 and info.channels == 1
+        assert u["duration"] == pytest.approx(info.frames / 16000, abs=1e-3)
 
 
 def test_train_writes_model_checkpoints_and_logs(trained):

@@ -1,10 +1,11 @@
-"""asr.data.librispeech on a miniature corpus in LibriSpeech's exact layout."""
+"""asr.data.librispeech on a miniature corpus in LibriSpeech's exact layout; asr.data.synth's text and voices."""
 from __future__ import annotations
 
 import pytest
 
 from asr.data.librispeech import prepare_librispeech
 from asr.data.manifest import read_manifest, write_manifest
+from asr.data.synth import DEFAULT_TEST_VOICES, SynthesisError, Voice, extract_sentences, train_voices
 from tests.conftest import write_audio
 
 # speaker -> chapter -> [(utterance number, seconds, transcript as LibriSpeech writes it)]
@@ -94,3 +95,46 @@ def test_folder_without_transcripts_is_an_error(tmp_path):
         prepare_librispeech(tmp_path / "empty", progress=False)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         prepare_librispeech(tmp_path / "absent", progress=False)
+
+
+# --- synthetic corpora (asr.data.synth) are written in the same layout -----------------------------------
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("He said hello to me.", ["He said hello to me."]),
+    ("Why would you say that? I am a man who walks.", ["Why would you say that?", "I am a man who walks."]),
+    ("I have 3 cats at home.", []),                 # digits are read as words the transcript lacks
+    ("The NASA probe flew far.", []),               # acronyms are spelled out
+    ("Email me at x@y.com now.", []),               # symbols
+    ("It is fine -- really fine.", []),             # dashes mark attributions
+    ("Go home.", []),                               # fewer than 3 words
+    ("A b c d e f g.", []),                         # single letters other than A and I
+    (" ".join(["word"] * 17) + ".", []),            # more than 16 words
+])
+def test_extract_sentences_keeps_only_what_a_synthesizer_reads_verbatim(text, kept):
+    assert extract_sentences(text) == kept
+
+
+def test_extract_sentences_splits_fortune_entries_and_drops_attributions():
+    raw = "First entry is here now.\n\t-- Somebody Famous\n%\nSecond entry\nspans two lines.\n%\n"
+    assert extract_sentences(raw) == ["First entry is here now.", "Second entry spans two lines."]
+
+
+def test_voice_parse():
+    assert Voice.parse("espeak:en-us+m3") == Voice("espeak", "en-us+m3", 1.0, 1.0)
+    assert Voice.parse("flite:slt@1.1,0.9") == Voice("flite", "slt", 1.1, 0.9)
+    assert Voice.parse(Voice("espeak", "en-gb+f2", 0.9, 1.25).describe()) == Voice("espeak", "en-gb+f2", 0.9, 1.25)
+    for bad in ("espeak", "festival:kal", "espeak:", ":m3"):
+        with pytest.raises(SynthesisError, match="expected"):
+            Voice.parse(bad)
+
+
+def test_train_voices_never_use_a_test_voice_variant():
+    test = [Voice.parse(v) for v in DEFAULT_TEST_VOICES + ["flite:rms"]]
+    voices = train_voices(40, test, seed=3, use_flite=True)
+    assert len(voices) == 40 and len({(v.engine, v.name) for v in voices}) == 40
+    banned = {v.name.split("+")[-1] for v in test if v.engine == "espeak"}
+    assert not any(v.engine == "espeak" and v.name.split("+")[-1] in banned for v in voices)
+    assert not any(v.engine == "flite" and v.name == "rms" for v in voices)
+    assert train_voices(40, test, seed=3) == voices, "the same seed gives the same speakers"
+    assert all(v.engine == "espeak" for v in train_voices(10, test, seed=3, use_flite=False))
