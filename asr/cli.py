@@ -352,11 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     from asr.audio import AudioError
     from asr.config import ConfigError
     from asr.data.manifest import ManifestError
+    from asr.data.synth import SynthesisError
     from asr.package import PackageError
+    from asr.text import TokenizerError
 
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, PackageError, AudioError, FileNotFoundError) as e:
+    except (ConfigError, ManifestError, PackageError, AudioError, SynthesisError, TokenizerError,
+            FileNotFoundError) as e:
         print(f"asr {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance
-from asr.data.shards import HOP, ShardBatches, shard_metadata
+from asr.data.shards import ShardBatches, shard_metadata
 from asr.decode.greedy import GreedyDecoder
 from asr.evaluate import decode_utterances
-from asr.features import CMVNAccumulator, FeatureExtractor
+from asr.features import CMVNAccumulator, FeatureExtractor, frame_lengths
 from asr.metrics import score
 from asr.model import AcousticModel, subsampled_lengths
 from asr.package import atomic_save, read_checked, save_package
@@ -86,7 +86,7 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     tokenized are dropped and counted, so they never produce an infinite loss.
     """
     wav_len = batch["lengths"]
-    out_len = subsampled_lengths(wav_len // HOP + 1)
+    out_len = subsampled_lengths(frame_lengths(wav_len, frontend.logmel.cfg))
     keep, targets = [], []
     for i, text in enumerate(batch["texts"]):
         try:
@@ -376,6 +376,18 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 log.info("max_minutes=%.1f reached; stopping after step %d", tc.max_minutes, step)
                 break
         bar.close()
+        if stopped_early and batch is not None:
+            # Out of time mid-epoch: keep the position so --resume continues with the next batch, and
+            # keep the newest weights as the model when they score better (or when there is no dev set).
+            if dd.main:
+                wer_now = validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames)["wer"] if dev else -1.0
+                if wer_now <= best_wer or not (exp / "model.pt").exists():
+                    best_wer = min(best_wer, wer_now)
+                    meta = {"epoch": epoch, "step": step, "dev_wer": wer_now if dev else None, "config": to_dict(cfg),
+                            "partial_epoch": True}
+                    save_package(exp / "model.pt", model, cfg.features, cmvn[0], cmvn[1], tokenizer, meta)
+            checkpoint(epoch, batch_pos)
+            break
         start_batch = 0
         epoch += 1
         rec = {"epoch": epoch, "step": step, "train_loss": sums["loss"] / max(sums["tokens"], 1),

@@ -111,7 +111,10 @@ class Voice:
         engine, sep, name = spec.partition(":")
         if not sep or engine not in ("espeak", "flite") or not name:
             raise SynthesisError(f"voice {spec!r}: expected 'espeak:LANG+VARIANT' or 'flite:NAME'")
-        rate, pitch = (float(x) for x in mods.split(",")) if mods else (1.0, 1.0)
+        try:
+            rate, pitch = (float(x) for x in mods.split(",")) if mods else (1.0, 1.0)
+        except ValueError:
+            raise SynthesisError(f"voice {spec!r}: modifiers must be '@RATE,PITCH' numbers, got {mods!r}") from None
         return cls(engine, name, rate, pitch)
 
     def describe(self) -> str:
