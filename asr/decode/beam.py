@@ -260,6 +260,10 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                        cands: list[list[int]] | None = None, nbest: int = 1) -> list[tuple[list[int], list[int], float]]:
     """One utterance: log_probs (T, V) -> up to ``nbest`` (tokens, timesteps, score), best first.
 
+    Timesteps: a prefix's last token is placed at the frame where the most probable of its paths
+    seen so far emitted it; its earlier tokens keep the times they had when the prefix was created
+    (so times always increase, and the batched decoder gives the same ones).
+
     ``cands`` (per frame, the candidate token ids) may be given precomputed (``candidate_lists``).
     """
     lp = np.asarray(log_probs, dtype=np.float64)
@@ -276,7 +280,13 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
     p_last = [BLANK]
     p_parent = [-1]
     p_lm = [0.0]
-    p_born = [-1]
+    # Timesteps live in a tree of (time, up) nodes: p_tn[p] is the node of p's last token, whose
+    # chain gives all its tokens' times. A merge that finds a more probable emission (p_emit: its
+    # log-prob) adds a new node instead of editing the old one, which children may share.
+    p_tn = [-1]
+    p_emit = [0.0]
+    tn_time: list[int] = []
+    tn_up: list[int] = []
     if fusion is not None:
         s0, n0 = fusion.begin()
         p_state, p_node = [s0], [n0]
@@ -318,6 +328,7 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
         cand: list[tuple[float, int, list]] = []
         pending = []
         merges = []
+        moved = []
         best = NEG
         floor = NEG
         for i, e in enumerate(beam):
@@ -368,6 +379,9 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                 if ub >= floor:
                     pending.append((ub, v, p, c))
         for child, v in merges:
+            if v > p_emit[child]:
+                p_emit[child] = v
+                moved.append(child)  # re-timed after this frame's children took their parents' times
             f = member[child]
             x, y = (f[1], v) if f[1] > v else (v, f[1])
             f[1] = x if y == NEG else x + log1p(exp(y - x))
@@ -418,7 +432,10 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                     kids[key] = child
                     p_last.append(c)
                     p_parent.append(p)
-                    p_born.append(t)
+                    p_tn.append(len(tn_time))
+                    tn_time.append(t)
+                    tn_up.append(p_tn[p])
+                    p_emit.append(v)
                     p_lm.append(lm_c)
                     if fusion is not None:
                         p_state.append(st)
@@ -427,10 +444,18 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                     sc = v + p_lm[child]
                     if sc < floor:
                         continue
-                    p_born[child] = t
+                    p_tn[child] = len(tn_time)  # back in the beam: its old paths are gone
+                    tn_time.append(t)
+                    tn_up.append(p_tn[p])
+                    p_emit[child] = v
                 if thr is not None and sc - thr > floor:
                     floor = sc - thr
                 cand.append((sc, child, [NEG, v, 0, child]))
+        for child in moved:
+            n = p_tn[child]
+            p_tn[child] = len(tn_time)
+            tn_time.append(t)
+            tn_up.append(tn_up[n])
         if len(cand) > K:
             cand = nlargest(K, cand)
         else:
@@ -459,10 +484,11 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
     out = []
     for score, p in final[:nbest]:
         toks_out, times = [], []
+        n = p_tn[p]
         while p > 0:
             toks_out.append(p_last[p])
-            times.append(p_born[p])
-            p = p_parent[p]
+            times.append(tn_time[n])
+            p, n = p_parent[p], tn_up[n]
         out.append((toks_out[::-1], times[::-1], score))
     return out
 

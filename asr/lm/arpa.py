@@ -168,8 +168,8 @@ class NgramLM:
         return iter(rows)
 
 
-def _open_text(path: Path, mode: str) -> io.TextIOBase:
-    if path.suffix == ".gz":
+def _open_text(path: Path, mode: str, gz: bool | None = None) -> io.TextIOBase:
+    if gz if gz is not None else path.suffix == ".gz":
         return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
     return open(path, mode, encoding="utf-8")
 
@@ -273,7 +273,7 @@ def write_arpa(lm: NgramLM, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with _open_text(tmp, "w") as f:
+    with _open_text(tmp, "w", gz=path.suffix == ".gz") as f:
         f.write("\n\\data\\\n")
         for n, c in enumerate(lm.counts(), 1):
             f.write(f"ngram {n}={c}\n")
