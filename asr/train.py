@@ -178,12 +178,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tokenizer, cmvn, cfg: ExperimentConfig,
-                    epoch: int, batch_in_epoch: int, step: int, best_wer: float, history: list) -> None:
+                    epoch: int, batch_in_epoch: int, step: int, best_wer: float, history: list,
+                    running: dict | None = None) -> None:
+    """Write the whole training state atomically; ``running`` holds the epoch's partial loss sums and
+    the run's skip counters, so a resumed run reports the same numbers as an uninterrupted one."""
     atomic_save({
         "format": "asr-train-state", "config": to_dict(cfg), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "tokenizer": tokenizer.state(),
         "cmvn": {"mean": cmvn[0], "std": cmvn[1]}, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-        "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(),
+        "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(), "running": running or {},
     }, path)
 
 
@@ -231,6 +234,11 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     if dd.main:
         (exp / "config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
     state_path = exp / "ckpt" / "state.pt"
+    if dd.main:
+        # A run killed while writing a checkpoint leaves its temporary file (atomic_save's); the
+        # checkpoint itself is whole. Remove the leftovers so repeated kills do not fill the disk.
+        for tmp in (exp / "ckpt").glob(f".{state_path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     state = read_checked(state_path, "training checkpoint") if resume and state_path.exists() else None
     if resume and state is None:
         log.warning("--resume: no checkpoint at %s, starting from scratch", state_path)
@@ -281,6 +289,9 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                  model.num_params() / 1e6, tokenizer.vocab_size, tokenizer.kind, steps_per_epoch, tc.epochs, device, dd.world)
     steplog = StepLog(exp / "train_log.jsonl", dd.main)
     counters = Counters()
+    running = state.get("running", {}) if state else {}  # checkpoints before this field have none
+    for k, v in running.get("counters", {}).items():
+        setattr(counters, k, v)
     t_start = time.time()
     deadline = t_start + tc.max_minutes * 60 if tc.max_minutes > 0 else float("inf")
     stopped_early = False
@@ -288,12 +299,18 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     def checkpoint(ep: int, batch_pos: int) -> None:
         if dd.main:
             try:
-                save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer, history)
+                partial = {"loss": sums["loss"], "tokens": sums["tokens"]} if batch_pos else {}
+                save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer,
+                                history, {"sums": partial, "skipped": sorted(skipped),
+                                          "counters": {"infeasible": counters.infeasible,
+                                                       "untokenizable": counters.untokenizable,
+                                                       "nonfinite": counters.nonfinite}})
             except OSError as e:  # e.g. ENOSPC: atomic_save left the previous checkpoint untouched
                 raise RuntimeError(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good "
                                    "checkpoint is intact, free space and rerun with --resume") from e
 
-    skipped: set[str] = set()
+    skipped: set[str] = set(running.get("skipped", []))
+    sums = {"loss": 0.0, "tokens": 0, "audio_s": 0.0}
     data_wait = 0.0
 
     while epoch < tc.epochs and not stopped_early:
@@ -302,7 +319,10 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         frontend.train()
         it = iter(loader)
         batch_pos = start_batch
-        sums = {"loss": 0.0, "tokens": 0, "audio_s": 0.0}
+        # Resuming mid-epoch: carry on the epoch's loss sums, so its train_loss covers the whole epoch.
+        # (audio_s restarts: it is only used for throughput since the epoch's clock started.)
+        carried = running.get("sums", {}) if start_batch else {}
+        sums = {"loss": carried.get("loss", 0.0), "tokens": carried.get("tokens", 0), "audio_s": 0.0}
         bar = tqdm(total=steps_per_epoch * tc.accum_steps, initial=start_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    unit="batch", disable=not dd.main)
         t_epoch = time.time()
