@@ -69,3 +69,16 @@ def test_synth_bad_voice_is_a_clean_cli_error(tmp_path, capsys, voice):
                "--num-train", "1", "--num-test", "1", "--num-dev", "0", "--jobs", "1"])
     assert rc == 2
     assert "asr synth: error:" in capsys.readouterr().err
+
+
+def test_train_overrides_may_follow_options(monkeypatch):
+    """asr/cli.py main: ``asr train --exp E train.lr=1 --device cpu model.layers=2`` rejected the
+    overrides that came after an option ("unrecognized arguments"). Both groups must reach the config."""
+    import asr.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.setdefault("o", args.overrides) and 0)
+    rc = cli.main(["train", "--train", "x.tar", "--exp", "e", "train.lr=1", "--device", "cpu", "model.layers=2"])
+    assert rc == 0 and seen["o"] == ["train.lr=1", "model.layers=2"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--train", "x.tar", "--exp", "e", "--bogus-option"])
