@@ -39,6 +39,9 @@ def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | N
     name = name or (str(path) if not isinstance(path, bytes) else "<bytes>")
     if not isinstance(path, bytes) and not Path(path).is_file():
         raise AudioError(f"{name}: file not found")
+    if (len(path) if isinstance(path, bytes) else Path(path).stat().st_size) == 0:
+        # libsndfile would say "Format not recognised", which hides the real problem.
+        raise AudioError(f"{name}: empty file (0 bytes)")
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=False)
@@ -53,6 +56,8 @@ def audio_duration(path: str | Path) -> float:
     """Duration in seconds from the file header, without decoding the samples."""
     if not Path(path).is_file():
         raise AudioError(f"{path}: file not found")
+    if Path(path).stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         info = sf.info(str(path))
     except FileNotFoundError as e:

@@ -1,13 +1,15 @@
 """The ``asr`` command: synth, prepare, shard, train, evaluate, transcribe, plot, export, lm.
 
 Each subcommand reads files the previous stage wrote, so any stage can be rerun alone. A command
-that had to skip bad input says how many and why, and exits with status 3.
+that had to skip bad input says how many and why, and exits with status 3; with ``--strict`` it
+stops at the first bad input instead, exit status 2 (as for any other error).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                               connected_per_speaker=args.num_connected, eval_connected_per_speaker=args.num_eval_connected,
                               min_digits=args.min_digits, max_digits=args.max_digits, seed=args.seed)
         try:
-            manifests = prepare_fsdd(args.root, args.output, opts, problems)
+            manifests = prepare_fsdd(args.root, args.output, opts, problems, strict=args.strict)
         except FSDDError as e:
             print(f"asr prepare: error: {e}", file=sys.stderr)
             return 2
@@ -58,7 +60,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return _report(problems, "recordings")
     from asr.data.librispeech import prepare_librispeech
 
-    utts = prepare_librispeech(args.root, problems)
+    utts = prepare_librispeech(args.root, problems, strict=args.strict)
     n = write_manifest(args.output, utts)
     hours = sum(u.duration for u in utts) / 3600
     print(f"{args.output}: {n} utterances, {hours:.2f} h")
@@ -89,7 +91,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     problems: list[str] = []
     utts = read_manifest(args.manifest, strict=args.strict, problems=problems)
     split = args.split or Path(args.manifest).name.split(".")[0]
-    paths = write_shards(utts, args.output, split, args.max_per_shard, problems)
+    paths = write_shards(utts, args.output, split, args.max_per_shard, problems, strict=args.strict)
     print(f"{args.output}: {len(paths)} shards of {split}")
     return _report(problems, "utterances")
 
@@ -98,14 +100,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
     from asr.data.manifest import read_manifest
     from asr.data.shards import resolve_shards
-    from asr.train import train
+    from asr.train import TrainingError, train
 
     cfg = load_config(args.config, args.overrides)
     shards = resolve_shards(args.train)
-    dev = read_manifest(args.dev) if args.dev else []
-    summary = train(cfg, shards, dev, args.exp, device=args.device, resume=args.resume)
+    problems: list[str] = []
+    dev = read_manifest(args.dev, strict=args.strict, problems=problems) if args.dev else []
+    try:
+        summary = train(cfg, shards, dev, args.exp, device=args.device, resume=args.resume, strict=args.strict)
+    except TrainingError as e:
+        print(f"asr train: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
-    return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # torchrun takes any non-zero exit of a rank for a crash of the whole job (and exits 1), so
+        # under torchrun rank 0 lists the skips (also in train_summary.json) and the status stays 0.
+        if os.environ.get("RANK", "0") == "0":
+            _report(problems + summary["skipped"], "training or dev items")
+        return 0
+    return _report(problems + summary["skipped"], "training or dev items")
 
 
 def make_decoder(args: argparse.Namespace, tokenizer):
@@ -141,7 +154,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rec = Recognizer.from_package(load_package(args.model), args.device)
     decoder = make_decoder(args, rec.tokenizer)
     decoded = decode_utterances(rec, decoder, utts, max_frames=args.max_frames, num_workers=args.workers,
-                                keep_log_probs=bool(args.save_emissions))
+                                keep_log_probs=bool(args.save_emissions), strict=args.strict)
     decoded.problems[:0] = problems
     out = Path(args.out or Path(args.model).parent / "decode" / Path(args.manifest).stem)
     res = write_results(out, utts, decoded, args.decoder, {"model": str(args.model), "manifest": str(args.manifest),
@@ -191,7 +204,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     summary = run(rec, decoder, args.inputs, output_dir=args.output_dir, formats=formats, overwrite=args.overwrite,
                   window=args.window, overlap=args.overlap, batch_size=args.batch_size,
                   sample_rate=pkg.features.sample_rate, frame_shift=pkg.features.hop_ms / 1000 * 4,
-                  progress=not args.no_progress, meta=meta)
+                  progress=not args.no_progress, meta=meta, strict=args.strict)
     if args.output_dir:
         print(f"{summary.transcribed} files ({summary.audio_seconds / 60:.1f} min of audio) transcribed to "
               f"{args.output_dir}" + (f"; {summary.already_done} already done" if summary.already_done else ""),
@@ -264,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-digits", type=int, default=2)
     g.add_argument("--max-digits", type=int, default=7)
     g.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("augment", help="training manifest -> speed-perturbed, noisy (and synthetic) copies")
@@ -286,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="shard folder")
     p.add_argument("--split", help="shard name prefix (default: the manifest's name)")
     p.add_argument("--max-per-shard", type=int, default=1000)
-    p.add_argument("--strict", action="store_true", help="stop at the first bad manifest line")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
     p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("train", help="train a model from shards")
@@ -296,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", required=True, help="output folder")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default="auto")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3 model.layers=4")
     p.set_defaults(func=cmd_train)
 
@@ -307,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="audio loading processes")
     p.add_argument("--save-emissions", help="also save log-probs here (for LM tuning and benchmarks)")
     p.add_argument("--no-report", action="store_true", help="skip report.md and its PNG plots")
-    p.add_argument("--strict", action="store_true")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
     _decoder_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -322,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=4.0, help="seconds shared by consecutive windows")
     p.add_argument("--quantize", action="store_true", help="INT8 dynamic quantization of LSTM and linear layers (CPU)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
     _decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
 

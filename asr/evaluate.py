@@ -68,10 +68,12 @@ class Decoded:
 
 
 def decode_utterances(rec: Recognizer, decoder, utts: list[Utterance], max_frames: int = 60000,
-                      num_workers: int = 1, keep_log_probs: bool = False, progress: bool = True) -> Decoded:
+                      num_workers: int = 1, keep_log_probs: bool = False, progress: bool = True,
+                      strict: bool = False) -> Decoded:
     """Run the model and ``decoder`` over ``utts`` in length-sorted batches.
 
-    Audio that cannot be read is reported in ``problems`` and skipped; the rest goes on.
+    Audio that cannot be read is reported in ``problems`` and skipped; the rest goes on
+    (``strict``: the first such file is raised as AudioError).
     """
     loader = DataLoader(_AudioFiles(utts), batch_sampler=length_sorted_batches(utts, max_frames),
                         collate_fn=_collate, num_workers=num_workers)
@@ -79,6 +81,9 @@ def decode_utterances(rec: Recognizer, decoder, utts: list[Utterance], max_frame
     start = time.perf_counter()
     bar = tqdm(total=len(utts), desc="decode", unit="utt", disable=not progress)
     for batch, errors in loader:
+        if strict and errors:
+            bar.close()  # so that the error gets a line of its own
+            raise AudioError(errors[0])
         for e in errors:
             log.warning("skipped: %s", e)
         problems += errors

@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -69,13 +70,18 @@ def ctc_min_frames(target: list[int]) -> int:
     return len(target) + sum(1 for a, b in zip(target, target[1:]) if a == b)
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on: too many non-finite losses in a row, a checkpoint that cannot be
+    written, or (with ``strict``) the first bad input. The message says which and names the data."""
+
+
 @dataclass
 class Counters:
-    infeasible: int = 0
+    infeasible: int = 0  # per epoch seen, like the others: an utterance left out twice counts twice
     untokenizable: int = 0
     nonfinite: int = 0
     nonfinite_run: int = 0
-    skipped_ids: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # utterance id -> why it was left out
 
 
 def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict, tokenizer: Tokenizer,
@@ -89,13 +95,21 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     out_len = subsampled_lengths(frame_lengths(wav_len, frontend.logmel.cfg))
     keep, targets = [], []
     for i, text in enumerate(batch["texts"]):
+        uid = batch["ids"][i]
         try:
             t = tokenizer.encode(normalize(text))
-        except TokenizerError:
+        except TokenizerError as e:
             counters.untokenizable += 1
+            counters.problems[uid] = f"{uid}: transcript cannot be tokenized ({e})"
             continue
-        if not t or ctc_min_frames(t) > int(out_len[i]):
+        if not t:
             counters.infeasible += 1
+            counters.problems[uid] = f"{uid}: transcript {text!r} is empty after normalization"
+            continue
+        if ctc_min_frames(t) > int(out_len[i]):
+            counters.infeasible += 1
+            counters.problems[uid] = (f"{uid}: label needs {ctc_min_frames(t)} frames but the audio gives "
+                                      f"{int(out_len[i])} (CTC-infeasible)")
             continue
         keep.append(i)
         targets.append(t)
@@ -191,10 +205,14 @@ def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tok
 
 
 def validate(model: AcousticModel, frontend: FeatureExtractor, tokenizer: Tokenizer, dev: list[Utterance],
-             device: torch.device, max_frames: int) -> dict:
-    """Greedy WER/CER on the dev utterances."""
+             device: torch.device, max_frames: int, problems: set[str] | None = None, strict: bool = False) -> dict:
+    """Greedy WER/CER on the dev utterances; unreadable dev audio is skipped and added to ``problems``
+    (``strict``: raised as AudioError)."""
     rec = Recognizer(model, frontend, tokenizer, device)
-    dec = decode_utterances(rec, GreedyDecoder(tokenizer), dev, max_frames=max_frames, num_workers=0, progress=False)
+    dec = decode_utterances(rec, GreedyDecoder(tokenizer), dev, max_frames=max_frames, num_workers=0, progress=False,
+                            strict=strict)
+    if problems is not None:
+        problems.update(dec.problems)
     ids = [u.id for u in dev if u.id in dec.hyps]
     texts = {u.id: u.text for u in dev}
     s = score([texts[i] for i in ids], [dec.hyps[i].text for i in ids], ids)
@@ -214,10 +232,13 @@ class StepLog:
 
 
 def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], exp_dir: str | Path,
-          device: str = "auto", resume: bool = False) -> dict:
+          device: str = "auto", resume: bool = False, strict: bool = False) -> dict:
     """Train a model; writes ``exp_dir/model.pt`` (best dev WER), ``ckpt/``, ``train_log.jsonl``.
 
-    Returns a summary (best dev WER, epochs, steps, infeasible count, wall time).
+    Bad data (unreadable shards or samples, untokenizable or CTC-infeasible transcripts, non-finite
+    losses, unreadable dev audio) is skipped and listed in the summary's ``skipped``; ``strict``
+    raises TrainingError at the first instead. Returns a summary (best dev WER, epochs, steps,
+    counts, the skipped items, wall time).
     """
     tc = cfg.train
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -292,22 +313,31 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     running = state.get("running", {}) if state else {}  # checkpoints before this field have none
     for k, v in running.get("counters", {}).items():
         setattr(counters, k, v)
+    counters.problems.update(running.get("problems", {}))
     t_start = time.time()
     deadline = t_start + tc.max_minutes * 60 if tc.max_minutes > 0 else float("inf")
     stopped_early = False
+
+    bar: tqdm | None = None
+
+    def fail(msg: str) -> NoReturn:
+        """Stop the run: close the progress bar first, so the error is printed on a line of its own."""
+        if bar is not None:
+            bar.close()
+        raise TrainingError(msg)
 
     def checkpoint(ep: int, batch_pos: int) -> None:
         if dd.main:
             try:
                 partial = {"loss": sums["loss"], "tokens": sums["tokens"]} if batch_pos else {}
                 save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer,
-                                history, {"sums": partial, "skipped": sorted(skipped),
+                                history, {"sums": partial, "skipped": sorted(skipped), "problems": counters.problems,
                                           "counters": {"infeasible": counters.infeasible,
                                                        "untokenizable": counters.untokenizable,
                                                        "nonfinite": counters.nonfinite}})
             except OSError as e:  # e.g. ENOSPC: atomic_save left the previous checkpoint untouched
-                raise RuntimeError(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good "
-                                   "checkpoint is intact, free space and rerun with --resume") from e
+                fail(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good checkpoint is "
+                     "intact, free space and rerun with --resume")
 
     skipped: set[str] = set(running.get("skipped", []))
     sums = {"loss": 0.0, "tokens": 0, "audio_s": 0.0}
@@ -342,6 +372,9 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 break
             batch_pos += 1
             skipped.update(batch.get("problems", []))
+            if strict and batch.get("problems"):
+                fail(f"--strict: {batch['problems'][0]}")
+            left_out = len(counters.problems)
             micro = (batch_pos - start_batch) % tc.accum_steps
             # Under DDP, gradients are all-reduced only on the micro-batch that ends an accumulation.
             sync = micro == 0 or dd.world == 1
@@ -356,13 +389,17 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                     ok = bool(flag.item() == 1.0)
                 if ok:
                     (out[0] / tc.accum_steps).backward()
+            if strict and len(counters.problems) > left_out:
+                fail(f"--strict: {list(counters.problems.values())[left_out]}")
             if out is not None and not torch.isfinite(out[0]):
                 counters.nonfinite += 1
                 counters.nonfinite_run += 1
-                log.warning("non-finite loss, batch skipped (ids %s)", ", ".join(out[1]["ids"][:5]))
-                if counters.nonfinite_run >= tc.max_nonfinite:
-                    raise RuntimeError(f"{counters.nonfinite_run} non-finite losses in a row; last batch: "
-                                       f"{', '.join(out[1]['ids'])}")
+                ids = ", ".join(out[1]["ids"])
+                log.warning("non-finite loss, batch skipped (ids %s)", ids)
+                skipped.add(f"non-finite loss ({float(out[0])}) in the batch of {ids}; batch skipped")
+                if strict or counters.nonfinite_run >= tc.max_nonfinite:
+                    fail(f"{counters.nonfinite_run} non-finite loss(es) in a row (train.max_nonfinite="
+                         f"{tc.max_nonfinite}); last batch: {ids}")
             if not ok:
                 if out is not None or dd.world > 1:
                     opt.zero_grad(set_to_none=True)
@@ -400,7 +437,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             # Out of time mid-epoch: keep the position so --resume continues with the next batch, and
             # keep the newest weights as the model when they score better (or when there is no dev set).
             if dd.main:
-                wer_now = validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames)["wer"] if dev else -1.0
+                wer_now = validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames, skipped, strict)["wer"] if dev else -1.0
                 if wer_now <= best_wer or not (exp / "model.pt").exists():
                     best_wer = min(best_wer, wer_now)
                     meta = {"epoch": epoch, "step": step, "dev_wer": wer_now if dev else None, "config": to_dict(cfg),
@@ -413,7 +450,8 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         rec = {"epoch": epoch, "step": step, "train_loss": sums["loss"] / max(sums["tokens"], 1),
                "infeasible": counters.infeasible, "nonfinite": counters.nonfinite, "time": round(time.time() - t_start, 1)}
         if dd.main and dev:
-            rec.update({f"dev_{k}": v for k, v in validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames).items()})
+            scores = validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames, skipped, strict)
+            rec.update({f"dev_{k}": v for k, v in scores.items()})
             log.info("epoch %d: train loss %.3f, dev WER %.2f%%, CER %.2f%%", epoch, rec["train_loss"],
                      100 * rec["dev_wer"], 100 * rec["dev_cer"])
         history.append(rec)
@@ -435,7 +473,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         log.warning("%d bad training samples were skipped, e.g. %s", len(skipped), "; ".join(sorted(skipped)[:3]))
     summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if best_wer == float("inf") else best_wer,
                "infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
-               "nonfinite": counters.nonfinite, "skipped": sorted(skipped),
+               "nonfinite": counters.nonfinite, "skipped": sorted(skipped | set(counters.problems.values())),
                "train_seconds": round(time.time() - t_start, 1)}
     if dd.main:
         (exp / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -131,6 +131,8 @@ def iter_windows(path: str | Path, window_s: float = 30.0, overlap_s: float = 4.
     """
     if not 0 <= overlap_s < window_s:
         raise ValueError(f"overlap must be in [0, window); got overlap {overlap_s} s for a {window_s} s window")
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")  # libsndfile would only say "Format not recognised"
     try:
         f = sf.SoundFile(str(path))
     except FileNotFoundError as e:
@@ -532,11 +534,12 @@ class RunSummary:
 def run(rec: LogProbModel, decoder: Decoder, inputs: list[str | Path], *, output_dir: str | Path | None = None,
         formats: list[str] | None = None, overwrite: bool = False, window: float = 30.0, overlap: float = 4.0,
         batch_size: int = 16, sample_rate: int = 16000, frame_shift: float = 0.04, progress: bool = True,
-        meta: dict[str, Any] | None = None, stdout: TextIO | None = None) -> RunSummary:
+        meta: dict[str, Any] | None = None, stdout: TextIO | None = None, strict: bool = False) -> RunSummary:
     """Transcribe ``inputs`` and write ``formats`` to ``output_dir`` (or ``stdout`` when None).
 
     With an output folder, an input whose outputs all exist is skipped (restartable batch jobs)
-    unless ``overwrite``. Unreadable inputs end up in ``RunSummary.problems``; the rest go on.
+    unless ``overwrite``. Unreadable inputs end up in ``RunSummary.problems``; the rest go on
+    (``strict``: the first problem is raised as AudioError; outputs already written stay).
     """
     formats = formats or ["txt"]
     unknown = [f for f in formats if f not in WRITERS]
@@ -545,6 +548,8 @@ def run(rec: LogProbModel, decoder: Decoder, inputs: list[str | Path], *, output
     stdout = stdout or sys.stdout
     summary = RunSummary()
     files = collect_inputs(list(inputs), summary.problems)
+    if strict and summary.problems:
+        raise AudioError(summary.problems[0])
     for p in summary.problems:
         log.warning("skipped: %s", p)
     out_dir = Path(output_dir) if output_dir is not None else None
@@ -559,6 +564,8 @@ def run(rec: LogProbModel, decoder: Decoder, inputs: list[str | Path], *, output
     for res in transcribe_files(rec, decoder, files, window=window, overlap=overlap, batch_size=batch_size,
                                 sample_rate=sample_rate, frame_shift=frame_shift, progress=progress):
         if res.transcript is None:
+            if strict:
+                raise AudioError(res.error or f"{res.item.path}: failed")
             summary.problems.append(res.error or f"{res.item.path}: failed")
             continue
         t = res.transcript

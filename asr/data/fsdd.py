@@ -87,10 +87,11 @@ def digits_text(digits: list[int]) -> str:
     return " ".join(DIGIT_WORDS[d] for d in digits)
 
 
-def scan_fsdd(root: str | Path, problems: list[str] | None = None) -> list[Clip]:
+def scan_fsdd(root: str | Path, problems: list[str] | None = None, strict: bool = False) -> list[Clip]:
     """Every ``{digit}_{speaker}_{index}.wav`` under ``root`` (or ``root/recordings``), sorted.
 
-    A ``.wav`` whose name does not follow the pattern is reported in ``problems`` and skipped.
+    A ``.wav`` whose name does not follow the pattern is reported in ``problems`` and skipped
+    (``strict``: raised as FSDDError).
     """
     root = Path(root)
     if not root.is_dir():
@@ -101,6 +102,8 @@ def scan_fsdd(root: str | Path, problems: list[str] | None = None) -> list[Clip]
         m = FILE_NAME.match(path.name)
         if not m:
             msg = f"{path}: name is not {{digit}}_{{speaker}}_{{index}}.wav"
+            if strict:
+                raise FSDDError(msg)
             log.warning("skipped: %s", msg)
             if problems is not None:
                 problems.append(msg)
@@ -163,10 +166,11 @@ def concatenate(clips: list[Tensor], gaps: list[int], noise_rms: float, generato
 class _ClipCache:
     """16 kHz waveforms of clips, read once; unreadable clips are remembered and reported once."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], strict: bool = False):
         self.wavs: dict[Path, Tensor] = {}
         self.bad: set[Path] = set()
         self.problems = problems
+        self.strict = strict
 
     def get(self, clip: Clip) -> Tensor | None:
         if clip.path in self.bad:
@@ -175,6 +179,8 @@ class _ClipCache:
             try:
                 self.wavs[clip.path] = load_audio(clip.path, SAMPLE_RATE)
             except AudioError as e:
+                if self.strict:
+                    raise
                 log.warning("skipped: %s", e)
                 self.problems.append(str(e))
                 self.bad.add(clip.path)
@@ -241,18 +247,19 @@ def make_connected(clips: list[Clip], cache: _ClipCache, out: Path, count: int, 
 
 
 def prepare_fsdd(root: str | Path, out_dir: str | Path, opts: PrepareOptions = PrepareOptions(),
-                 problems: list[str] | None = None) -> dict[str, list[Utterance]]:
+                 problems: list[str] | None = None, strict: bool = False) -> dict[str, list[Utterance]]:
     """Write the speaker-disjoint manifests (see the module docstring); returns them by name.
 
-    Unreadable or misnamed recordings are reported in ``problems`` and skipped.
+    Unreadable or misnamed recordings are reported in ``problems`` and skipped (``strict``: the
+    first one is raised, and no manifest is written).
     """
     if not 1 <= opts.min_digits <= opts.max_digits:
         raise FSDDError(f"digit string length: need 1 <= min_digits <= max_digits, got {opts.min_digits}..{opts.max_digits}")
     problems = [] if problems is None else problems
     out = Path(out_dir)
-    clips = scan_fsdd(root, problems)
+    clips = scan_fsdd(root, problems, strict)
     split = split_speakers([c.speaker for c in clips], opts.test_speakers, opts.dev_speakers)
-    cache = _ClipCache(problems)
+    cache = _ClipCache(problems, strict)
     audio_dir = out / "audio"
     manifests: dict[str, list[Utterance]] = {}
     for k, name in enumerate(("train", "dev", "test")):

@@ -26,8 +26,9 @@ def find_transcripts(root: str | Path) -> list[Path]:
 
 
 def prepare_librispeech(root: str | Path, problems: list[str] | None = None,
-                        progress: bool = True) -> list[Utterance]:
-    """All utterances under ``root`` (sorted by id), text normalised; bad entries skipped and reported."""
+                        progress: bool = True, strict: bool = False) -> list[Utterance]:
+    """All utterances under ``root`` (sorted by id), text normalised; bad entries skipped and reported
+    (``strict``: the first one is raised as AudioError)."""
     problems = [] if problems is None else problems
     transcripts = find_transcripts(root)
     if not transcripts:
@@ -53,6 +54,8 @@ def prepare_librispeech(root: str | Path, problems: list[str] | None = None,
                 if duration <= 0:
                     raise ValueError(f"{audio}: zero-length audio")
             except (ValueError, AudioError) as e:
+                if strict:
+                    raise AudioError(str(e)) from None
                 log.warning("skipped: %s", e)
                 problems.append(str(e))
                 continue

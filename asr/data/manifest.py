@@ -79,9 +79,11 @@ def read_manifest(path: str | Path, strict: bool = False, check_audio: bool = Tr
             where = f"{path}:{n}"
             try:
                 try:
-                    obj = json.loads(line)
+                    # Without its newline, a torn line reads "Unterminated string", not "Invalid control character".
+                    obj = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
-                    raise ManifestError(f"{where}: malformed JSON ({e.msg})") from None
+                    why = e.msg.removesuffix(" at")
+                    raise ManifestError(f"{where}: malformed JSON ({why} at column {e.colno})") from None
                 utt = _validate(obj, where, check_audio, base)
                 if utt.id in seen:
                     raise ManifestError(f"{where}: duplicate id {utt.id!r}")

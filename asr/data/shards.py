@@ -24,32 +24,44 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from asr.audio import AudioError, load_audio
-from asr.data.manifest import Utterance
+from asr.data.manifest import ManifestError, Utterance
 
 log = logging.getLogger(__name__)
 
 HOP = 160  # samples per 10 ms feature frame at 16 kHz
 
 
-def flac_bytes(utt: Utterance) -> bytes:
-    """The utterance's audio as 16 kHz mono FLAC; a file already in that form is copied as is."""
-    try:
-        info = sf.info(utt.audio)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{utt.audio}: cannot read audio header ({e})") from e
-    if info.format == "FLAC" and info.samplerate == 16000 and info.channels == 1 and info.frames > 0:
-        return Path(utt.audio).read_bytes()
+def flac_bytes(utt: Utterance) -> tuple[bytes, float]:
+    """The utterance's audio as 16 kHz mono FLAC, and its duration in seconds.
+
+    The audio is always decoded, so that a corrupt or truncated file, or one with NaN/Inf samples,
+    is refused here (AudioError naming the file) and not halfway through training; a file that is
+    already 16 kHz mono FLAC is then copied as is.
+    """
     wav = load_audio(utt.audio)
+    seconds = wav.shape[0] / 16000
+    info = sf.info(utt.audio)
+    if info.format == "FLAC" and info.samplerate == 16000 and info.channels == 1:
+        return Path(utt.audio).read_bytes(), seconds
     buf = io.BytesIO()
     sf.write(buf, wav.numpy(), 16000, format="FLAC")
-    return buf.getvalue()
+    return buf.getvalue(), seconds
+
+
+def check_duration(utt: Utterance, seconds: float) -> None:
+    """Refuse audio much shorter or longer than its manifest says: a truncated file (or a stale
+    manifest) whose transcript no longer matches the audio."""
+    if abs(seconds - utt.duration) > max(0.1, 0.1 * utt.duration):
+        raise AudioError(f"{utt.audio}: audio is {seconds:.2f} s but the manifest says {utt.duration:.2f} s "
+                         "(truncated file, or a stale manifest?)")
 
 
 def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per_shard: int = 2000,
-                 problems: list[str] | None = None, progress: bool = True) -> list[Path]:
+                 problems: list[str] | None = None, progress: bool = True, strict: bool = False) -> list[Path]:
     """Write ``out_dir/{split}-000000.tar`` ... and ``{split}.index.json`` (shard names, counts, hours).
 
-    Unreadable audio is skipped and reported in ``problems``. Returns the shard paths.
+    Unreadable audio, or audio whose length disagrees with the manifest, is skipped and reported in
+    ``problems`` (``strict``: raised as AudioError). Returns the shard paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +72,11 @@ def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per
     writer, count, seconds = None, 0, 0.0
     for utt in tqdm(utts, desc=f"shard {split}", unit="utt", disable=not progress):
         try:
-            audio = flac_bytes(utt)
+            audio, actual = flac_bytes(utt)
+            check_duration(utt, actual)
         except AudioError as e:
+            if strict:
+                raise
             log.warning("skipped: %s", e)
             problems.append(str(e))
             continue
@@ -92,13 +107,19 @@ def resolve_shards(spec: str | list[str]) -> list[str]:
     if isinstance(spec, list):
         return [p for s in spec for p in resolve_shards(s)]
     if spec.endswith(".index.json"):
-        index = json.loads(Path(spec).read_text())
-        return [str(Path(spec).parent / s["path"]) for s in index["shards"]]
+        try:
+            index = json.loads(Path(spec).read_text())
+            return [str(Path(spec).parent / s["path"]) for s in index["shards"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ManifestError(f"{spec}: not a shard index ({type(e).__name__}: {e})") from None
     if "{" in spec:
         return list(wds.shardlists.expand_urls(spec))
     paths = sorted(str(p) for p in Path().glob(spec)) if any(c in spec for c in "*?[") else [spec]
     if not paths:
         raise FileNotFoundError(f"{spec}: no shards match")
+    if paths == [spec] and ":" not in spec and not Path(spec).is_file():  # "pipe:", "s3://" go to webdataset
+        # A mistyped shard fails at once rather than training on less data with a warning.
+        raise FileNotFoundError(f"{spec}: no such shard file")
     return paths
 
 
@@ -118,6 +139,20 @@ def decode_sample(raw: dict) -> Sample:
     meta = json.loads(raw["json"])
     wav = load_audio(raw["flac"], name=where)
     return Sample(meta["id"], wav, meta["text"], meta.get("speaker"))
+
+
+def shard_error(exn: Exception, shards: list[str]) -> str:
+    """One line naming the shard for an error webdataset hands to its handler.
+
+    webdataset appends ``(stream, url)`` to the exception's args, or (inside a tar) appends
+    ``" @ <stream>"`` to its message; either way the shard's path is recovered.
+    """
+    first = str(exn.args[0]) if exn.args else type(exn).__name__
+    why, _, stream = first.partition(" @ ")
+    url = next((a for a in exn.args[1:] if isinstance(a, str)), None)
+    if url is None:
+        url = next((sh for sh in shards if f"'{sh}'" in stream), "?")
+    return f"{url}: unreadable shard data ({why or type(exn).__name__})"
 
 
 def shuffled(items: Iterator, bufsize: int, rng: random.Random) -> Iterator:
@@ -218,10 +253,14 @@ class ShardBatches(IterableDataset):
     def samples(self, shards: list[str]) -> Iterator[Sample]:
         """Decoded samples of ``shards``; each one skipped is recorded in ``self.problems``."""
 
+        reported: set[str] = set()
+
         def on_error(exn: Exception) -> bool:
-            msg = f"unreadable shard data: {exn}"
-            log.warning("skipped %s", msg)
-            self.problems.append(msg)
+            msg = shard_error(exn, shards)
+            if msg not in reported:  # a torn tar is reported twice by webdataset (member, then stream)
+                reported.add(msg)
+                log.warning("skipped: %s", msg)
+                self.problems.append(msg)
             return True
 
         raw = wds.tariterators.tarfile_samples(({"url": u} for u in shards), handler=on_error)
@@ -261,9 +300,16 @@ class ShardBatches(IterableDataset):
 
 
 def shard_metadata(shards: list[str]) -> Iterator[dict]:
-    """The JSON record of every sample in ``shards``, without decoding audio."""
+    """The JSON record of every sample in ``shards``, without decoding audio.
+
+    A shard that cannot be read (truncated, not a tar) is logged and what could be read of it is kept;
+    the training loop reports such shards when it streams them.
+    """
     for path in shards:
-        with tarfile.open(path) as tf:
-            for member in tf:
-                if member.name.endswith(".json"):
-                    yield json.loads(tf.extractfile(member).read())
+        try:
+            with tarfile.open(path) as tf:
+                for member in tf:
+                    if member.name.endswith(".json"):
+                        yield json.loads(tf.extractfile(member).read())
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            log.warning("%s: unreadable shard (%s)", path, e)

@@ -79,11 +79,11 @@ stage2() {  # training manifest -> webdataset shards
 }
 stage3() {  # train on the CPU; the best dev-WER model is exp/mini/model.pt
   rm -rf "$exp/ckpt" "$exp/train_log.jsonl"
-  asr train --config conf/mini.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
+  tolerate_skips asr train --config conf/mini.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
     --device cpu train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes"
 }
 stage4() {  # greedy decoding of the test split; exp/mini/results.json
-  asr evaluate "$exp/model.pt" "$data/test.jsonl" --decoder greedy --device cpu --out "$exp/decode/test-greedy" \
+  tolerate_skips asr evaluate "$exp/model.pt" "$data/test.jsonl" --decoder greedy --device cpu --out "$exp/decode/test-greedy" \
     --save-emissions "$exp/decode/test.emissions.pt"
   cp "$exp/decode/test-greedy/results.json" "$exp/results.json"
 }
