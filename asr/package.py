@@ -70,6 +70,39 @@ def _weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def state_digest(obj: Any) -> str:
+    """SHA-256 of a nested checkpoint (dicts, lists, tensors, arrays, scalars): every tensor's bytes
+    and every other value's repr. torch.load does not verify tensor data, so a flipped byte on disk
+    would otherwise come back as a silently different weight."""
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            h.update(f"T{x.dtype}{tuple(x.shape)}".encode())
+            h.update(x.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, np.ndarray):
+            h.update(f"A{x.dtype}{x.shape}".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def save_package(path: str | Path, model: AcousticModel, features: FeatureConfig, cmvn_mean: torch.Tensor,
                  cmvn_std: torch.Tensor, tokenizer: Tokenizer, meta: dict[str, Any] | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -33,9 +33,10 @@ from asr.evaluate import decode_utterances
 from asr.features import CMVNAccumulator, FeatureExtractor, frame_lengths
 from asr.metrics import score
 from asr.model import AcousticModel, subsampled_lengths
-from asr.package import atomic_save, read_checked, save_package
+from asr.package import PackageError, atomic_save, read_checked, save_package, state_digest
 from asr.recognizer import Recognizer
-from asr.text import Tokenizer, TokenizerError, build_tokenizer, normalize, tokenizer_from_state
+from asr.text import (Tokenizer, TokenizerError, build_tokenizer, load_sentencepiece, normalize,
+                      tokenizer_from_state)
 
 log = logging.getLogger("asr.train")
 
@@ -156,6 +157,11 @@ def estimate_steps_per_epoch(shards: list[str], max_frames: int, world: int, acc
 
 
 def fit_tokenizer(cfg: ExperimentConfig, shards: list[str]) -> Tokenizer:
+    if cfg.tokenizer.model:
+        if cfg.tokenizer.kind != "sentencepiece":
+            raise TokenizerError(f"tokenizer.model={cfg.tokenizer.model} needs tokenizer.kind=sentencepiece, "
+                                 f"got {cfg.tokenizer.kind!r}")
+        return load_sentencepiece(cfg.tokenizer.model)
     if cfg.tokenizer.kind == "char":
         return build_tokenizer("char")
     texts = [normalize(m["text"]) for m in shard_metadata(shards)]
@@ -194,14 +200,27 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tokenizer, cmvn, cfg: ExperimentConfig,
                     epoch: int, batch_in_epoch: int, step: int, best_wer: float, history: list,
                     running: dict | None = None) -> None:
-    """Write the whole training state atomically; ``running`` holds the epoch's partial loss sums and
-    the run's skip counters, so a resumed run reports the same numbers as an uninterrupted one."""
-    atomic_save({
+    """Write the whole training state atomically, with a checksum that ``load_checkpoint`` verifies;
+    ``running`` holds the epoch's partial loss sums and the run's skip counters, so a resumed run
+    reports the same numbers as an uninterrupted one."""
+    state = {
         "format": "asr-train-state", "config": to_dict(cfg), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "tokenizer": tokenizer.state(),
         "cmvn": {"mean": cmvn[0], "std": cmvn[1]}, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
         "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(), "running": running or {},
-    }, path)
+    }
+    state["sha256"] = state_digest(state)
+    atomic_save(state, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a training state written by ``save_checkpoint``; PackageError if it is torn or altered."""
+    state = read_checked(path, "training checkpoint")
+    expected = state.pop("sha256", None)  # checkpoints written before the checksum have none
+    if expected is not None and state_digest(state) != expected:
+        raise PackageError(f"{path}: training checkpoint does not match its checksum (corrupt); "
+                           "restore a good copy or start again without --resume")
+    return state
 
 
 def validate(model: AcousticModel, frontend: FeatureExtractor, tokenizer: Tokenizer, dev: list[Utterance],
@@ -260,7 +279,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         # checkpoint itself is whole. Remove the leftovers so repeated kills do not fill the disk.
         for tmp in (exp / "ckpt").glob(f".{state_path.name}.*.tmp"):
             tmp.unlink(missing_ok=True)
-    state = read_checked(state_path, "training checkpoint") if resume and state_path.exists() else None
+    state = load_checkpoint(state_path) if resume and state_path.exists() else None
     if resume and state is None:
         log.warning("--resume: no checkpoint at %s, starting from scratch", state_path)
 
