@@ -41,6 +41,9 @@ class TokenizerConfig:
     kind: str = "char"  # "char" or "sentencepiece"
     vocab_size: int = 256  # sentencepiece only
     model_type: str = "unigram"  # sentencepiece only
+    # sentencepiece only: a model file trained beforehand (e.g. a recipe's units stage, on all the
+    # training transcripts); empty: train one on the transcripts in the training shards
+    model: str = ""
 
 
 @dataclass(frozen=True)

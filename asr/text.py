@@ -148,6 +148,18 @@ def tokenizer_from_state(state: dict) -> Tokenizer:
     raise TokenizerError(f"unknown tokenizer kind {kind!r} (expected 'char' or 'sentencepiece')")
 
 
+def load_sentencepiece(path: str | Path) -> SentencePieceTokenizer:
+    """A SentencePiece model file (``*.model``, as SentencePiece's trainer or a recipe writes it)."""
+    try:
+        proto = Path(path).read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read the SentencePiece model ({e.strerror or e})") from None
+    try:
+        return SentencePieceTokenizer(proto)
+    except RuntimeError as e:  # sentencepiece reports a bad model proto as RuntimeError
+        raise TokenizerError(f"{path}: not a SentencePiece model ({e})") from None
+
+
 def build_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int = 256, model_type: str = "unigram") -> Tokenizer:
     """A tokenizer by name; SentencePiece is trained on ``texts`` (normalised)."""
     if kind == "char":
