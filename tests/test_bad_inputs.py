@@ -102,6 +102,7 @@ MALFORMED = [
     ('{"id": "good_a", "audio": "audio/good_b.flac", "text": "DUPLICATE", "duration": 0.9}', r"duplicate id 'good_a'"),
     ('{"id": "missing", "audio": "audio/nowhere.wav", "text": "GONE", "duration": 0.8}', r"audio file not found"),
     ("\x00\xff garbage", r"malformed JSON"),
+    (b'{"id": "latin1", "text": "caf\xe9"}', r"not UTF-8 text \(byte 0xe9 at column 30\)"),
 ]
 
 # Transcripts that are valid manifest text but hard for training (the audio is good_a.wav, 0.8 s).
@@ -143,14 +144,16 @@ def corpus(tmp_path_factory) -> Corpus:
         lines.append({"id": uid, "audio": "audio/good_a.wav", "text": text, "duration": 0.8})
         good.add(uid)
     manifest = root / "all.jsonl"
-    manifest.write_text("\n".join([json.dumps(x, ensure_ascii=False) for x in lines] + [m for m, _ in MALFORMED]) + "\n")
+    rows = [json.dumps(x, ensure_ascii=False).encode() for x in lines]
+    rows += [m if isinstance(m, bytes) else m.encode() for m, _ in MALFORMED]
+    manifest.write_bytes(b"\n".join(rows) + b"\n")
     return Corpus(root, audio, manifest, good, {Path(n).stem: b for n, b in bad.items()})
 
 
 def clean_manifest(corpus: Corpus) -> Path:
     """The manifest without its malformed lines (beside it: audio paths are relative)."""
     path = corpus.root / "clean.jsonl"
-    path.write_text("\n".join(corpus.manifest.read_text().splitlines()[: -len(MALFORMED)]) + "\n")
+    path.write_bytes(b"\n".join(corpus.manifest.read_bytes().splitlines()[: -len(MALFORMED)]) + b"\n")
     return path
 
 
@@ -169,7 +172,7 @@ def assert_named(text: str, what: str, problem: str) -> None:
 
 
 def manifest_line_problems(corpus: Corpus, text: str) -> None:
-    first = len(corpus.manifest.read_text().splitlines()) - len(MALFORMED) + 1
+    first = len(corpus.manifest.read_bytes().splitlines()) - len(MALFORMED) + 1
     for n, (_, problem) in enumerate(MALFORMED, first):
         assert_named(text, f"{corpus.manifest.name}:{n}", problem)
 

@@ -72,12 +72,18 @@ def read_manifest(path: str | Path, strict: bool = False, check_audio: bool = Tr
     base = path.resolve().parent
     utts: list[Utterance] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    # Bytes, decoded line by line: one line that is not UTF-8 is a bad line, not a crash of the file.
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             where = f"{path}:{n}"
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ManifestError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                        f"{e.start + 1})") from None
+                if not line.strip():
+                    continue
                 try:
                     # Without its newline, a torn line reads "Unterminated string", not "Invalid control character".
                     obj = json.loads(line.rstrip("\r\n"))
