@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ import torchaudio.functional as AF
 
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message names the file and the problem."""
+
+
+def decode_reason(e: Exception) -> str:
+    """libsndfile's reason without its "Error opening '<file>': " prefix: our messages name the file
+    already, and for in-memory data it would be the repr of a BytesIO."""
+    return re.sub(r"^Error opening (?:'[^']*'|<[^>]*>): ", "", str(e))
 
 
 def to_mono_16k(data: np.ndarray, sample_rate: int, target_rate: int = 16000, name: str = "<audio>") -> torch.Tensor:
@@ -48,7 +55,7 @@ def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | N
     except FileNotFoundError as e:
         raise AudioError(f"{name}: file not found") from e
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"{name}: cannot decode audio ({e})") from e
+        raise AudioError(f"{name}: cannot decode audio ({decode_reason(e)})") from e
     return to_mono_16k(data, rate, target_rate, name)
 
 
@@ -63,5 +70,5 @@ def audio_duration(path: str | Path) -> float:
     except FileNotFoundError as e:
         raise AudioError(f"{path}: file not found") from e
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{path}: cannot read audio header ({e})") from e
+        raise AudioError(f"{path}: cannot read audio header ({decode_reason(e)})") from e
     return info.frames / info.samplerate

@@ -31,7 +31,7 @@ import torchaudio.functional as AF
 from torch import Tensor
 from tqdm import tqdm
 
-from asr.audio import AudioError, to_mono_16k
+from asr.audio import AudioError, decode_reason, to_mono_16k
 from asr.decode.types import Hypothesis
 from asr.text import BLANK, Tokenizer
 
@@ -138,7 +138,7 @@ def iter_windows(path: str | Path, window_s: float = 30.0, overlap_s: float = 4.
     except FileNotFoundError as e:
         raise AudioError(f"{path}: file not found") from e
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
-        raise AudioError(f"{path}: cannot decode audio ({e})") from e
+        raise AudioError(f"{path}: cannot decode audio ({decode_reason(e)})") from e
     with f:
         sr = f.samplerate
         win = max(1, round(window_s * sr))
@@ -150,7 +150,7 @@ def iter_windows(path: str | Path, window_s: float = 30.0, overlap_s: float = 4.
                 # Read sequentially rather than seek: seeking is approximate or slow in some compressed formats.
                 data = f.read(win - carry.shape[0], dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as e:
-                raise AudioError(f"{path}: cannot decode audio at {start / sr:.1f} s ({e})") from e
+                raise AudioError(f"{path}: cannot decode audio at {start / sr:.1f} s ({decode_reason(e)})") from e
             if data.shape[0] == 0:
                 if start == 0:
                     raise AudioError(f"{path}: no samples (empty audio)")
