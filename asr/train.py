@@ -168,12 +168,19 @@ def fit_tokenizer(cfg: ExperimentConfig, shards: list[str]) -> Tokenizer:
     return build_tokenizer(cfg.tokenizer.kind, texts, cfg.tokenizer.vocab_size, cfg.tokenizer.model_type)
 
 
-def compute_cmvn(frontend: FeatureExtractor, loader: DataLoader, max_utts: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global mean/std of log-mel frames over (up to ``max_utts``) training utterances."""
+def compute_cmvn(frontend: FeatureExtractor, loader: DataLoader, max_utts: int, device: torch.device,
+                 strict: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global mean/std of log-mel frames over (up to ``max_utts``) training utterances.
+
+    ``strict``: a sample the loader had to skip raises TrainingError (the training loop reports
+    skips otherwise, so here they are only logged).
+    """
     acc = CMVNAccumulator(frontend.logmel.cfg.n_mels)
     seen = 0
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="cmvn", unit="batch", leave=False):
+    with torch.no_grad(), tqdm(loader, desc="cmvn", unit="batch", leave=False) as bar:
+        for batch in bar:
+            if strict and batch.get("problems"):
+                raise TrainingError(f"--strict: {batch['problems'][0]}")
             feats, flen = frontend.logmel(batch["wav"].to(device), batch["lengths"].to(device))
             acc.add(feats, flen)
             seen += len(batch["ids"])
@@ -301,7 +308,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     if state:
         cmvn = (state["cmvn"]["mean"], state["cmvn"]["std"])
     else:
-        cmvn = compute_cmvn(frontend, loader, tc.cmvn_utts, dev_t)
+        cmvn = compute_cmvn(frontend, loader, tc.cmvn_utts, dev_t, strict)
         if dd.world > 1:  # every rank must normalise identically: take rank 0's statistics
             stats = torch.stack(cmvn).to(dev_t)
             dist.broadcast(stats, 0)
