@@ -446,12 +446,12 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             if dd.main and step % tc.log_every == 0:
                 now = time.time()
                 # audio_x: seconds of audio trained per wall second since the epoch began, all ranks.
-                rec = {"step": step, "epoch": epoch + 1, "loss": round(float(loss), 4), "lr": sched.get_last_lr()[0],
+                rec = {"step": step, "epoch": epoch + 1, "loss": round(loss.item(), 4), "lr": sched.get_last_lr()[0],
                        "grad_norm": round(gnorm, 3), "padding": round(stats["padding"], 3), "batch_utts": stats["utts"],
                        "audio_x": round(sums["audio_s"] * dd.world / max(now - t_epoch, 1e-6), 1),
                        "data_wait": round(data_wait / max(now - t_epoch, 1e-6), 3), "time": round(now - t_start, 1)}
                 steplog.write(**rec)
-                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{rec['lr']:.1e}", x=rec["audio_x"])
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", x=rec["audio_x"])
             if tc.save_every_steps and step % tc.save_every_steps == 0:
                 checkpoint(epoch, batch_pos)
             if time.time() > deadline:
