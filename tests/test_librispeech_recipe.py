@@ -83,17 +83,11 @@ def ok(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout
 
 
-def have_lm_command() -> bool:
-    """``asr lm build`` is another module's work; until it exists the LM stage is built here instead."""
-    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
-    return subprocess.run(["asr", "lm", "build", "--help"], capture_output=True, env=env).returncode == 0
-
-
 def test_every_stage_on_a_miniature_corpus(corpus, tmp_path):
     root, texts = corpus
     data, exp = tmp_path / "data", tmp_path / "exp"
     common = [str(root), *LAYOUT, "--ngpu", "0", "--data", str(data), "--exp", str(exp), "--beam-size", "4",
-              "--lm-order", "2", "--no-report", "--decode-workers", "0"]
+              "--lm-order", "2", "--alphas", "0.5,1", "--betas", "0,1", "--no-report", "--decode-workers", "0"]
 
     out = ok(recipe(*common, "--stop-stage", "3", "--", *TINY))
     for n in range(4):
@@ -120,23 +114,19 @@ def test_every_stage_on_a_miniature_corpus(corpus, tmp_path):
     summary = json.loads((exp / "train_summary.json").read_text())
     assert summary["epochs"] == 1 and summary["steps"] >= 1
 
-    # stage 4: the word LM from the training transcripts
-    if have_lm_command():
-        ok(recipe(*common, "--stage", "4", "--stop-stage", "4"))
-    else:
-        from asr.lm import build_arpa
-
-        (data / "lm").mkdir()
-        (data / "lm" / "train_text.txt").write_text("".join(texts[s][u] + "\n" for s in texts if s.startswith("train")
-                                                            for u in texts[s]))
-        build_arpa([data / "lm" / "train_text.txt"], data / "lm" / "lm.arpa", order=2)
+    # stages 4-5: the word LM from the training transcripts, its weights tuned on dev-clean
+    out = ok(recipe(*common, "--stage", "4", "--stop-stage", "5"))
     from asr.lm import read_arpa
 
     lm = read_arpa(data / "lm" / "lm.arpa")
-    assert lm.order == 2 and "FOX" in lm.vocab
+    # dev/test sentences are left out: FOX is only in a training sentence that test-clean repeats
+    assert lm.order == 2 and "SILVER" in lm.vocab and "FOX" not in lm.vocab
+    tune = json.loads((exp / "decode" / "lm_tune.json").read_text())
+    assert len(tune["grid"]) == 4 and (tune["alpha"], tune["beta"]) in {(0.5, 0), (0.5, 1), (1, 0), (1, 1)}
+    assert tune["num_utts"] == PER_CHAPTER and tune["manifest"].endswith("dev-clean.jsonl")
 
-    # stages 5-6: greedy and beam + LM on each dev/test set, and the table
-    out = ok(recipe(*common, "--stage", "5", "--", *TINY))
+    # stages 6-7: greedy and beam + LM on each dev/test set, and the table
+    out = ok(recipe(*common, "--stage", "6", "--", *TINY))
     res = json.loads((exp / "results.json").read_text())
     assert res["set"] == "test-clean" and res["decoder"] == "beam"
     for subset in ("dev-clean", "test-clean"):
@@ -149,12 +139,12 @@ def test_every_stage_on_a_miniature_corpus(corpus, tmp_path):
             assert len((exp / "decode" / f"{subset}-{dec}" / "recogs.txt").read_text().splitlines()) == PER_CHAPTER
             assert f"| {subset} | {dec} |" in out
     assert res["wer"] == res["by_set"]["test-clean"]["beam-lm"]["wer"]
+    assert res["lm_weights"]["alpha"] == tune["alpha"] and res["lm_weights"]["beta"] == tune["beta"]
     assert (exp / "results.md").read_text().count("| dev-clean |") == 2
 
-    # a rerun with the same options redoes nothing (the LM stage too, when the recipe built the LM)
-    runs = [["--", *TINY]] if have_lm_command() else [["--stop-stage", "3", "--", *TINY], ["--stage", "5"]]
-    again = "".join(ok(recipe(*common, *args)) for args in runs)
-    assert again.count("done before with the same options, skipped") == (7 if have_lm_command() else 6)
+    # a rerun with the same options redoes nothing
+    again = ok(recipe(*common, "--", *TINY))
+    assert again.count("done before with the same options, skipped") == 8
 
 
 def test_bad_arguments_are_refused_before_any_work(corpus, tmp_path):

@@ -12,14 +12,17 @@
 #
 # Options:
 #   --stage N --stop-stage M   run stages N..M only (0 prepare, 1 units, 2 shards, 3 train, 4 lm,
-#                              5 decode, 6 results)
+#                              5 lm weights, 6 decode, 7 results)
 #   --config FILE              training config (default conf/librispeech.yaml)
 #   --ngpu N                   GPUs to train on (default: all that nvidia-smi lists; 0: the CPU)
 #   --lm-text FILE             LM training text, one sentence a line (e.g. librispeech-lm-norm.txt);
 #                              default: the training transcripts
 #   --lm-arpa FILE             use this ARPA LM (.arpa or .arpa.gz) instead of building one
 #   --lm-order N               n-gram order of the built LM (default 3)
-#   --beam-size N --alpha A --beta B   beam search and LM fusion settings
+#   --lm-prune "C2 C3 .."      drop n-grams of order 2, 3, .. seen at most C times (default: none)
+#   --beam-size N              beam width (default 16)
+#   --alpha A --beta B         LM weight and word bonus; default: tuned on the first dev set
+#   --alphas LIST --betas LIST the grid tried there (comma-separated; default: asr lm tune's)
 #   --resume                   continue training from exp/librispeech/ckpt/state.pt
 #   --no-report                skip asr evaluate's report.md and plots (faster)
 #   --data DIR --exp DIR       where data (manifests, units, shards, LM) and results go
@@ -39,9 +42,12 @@ ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 lm_text=
 lm_arpa=
 lm_order=3
+lm_prune=
 beam_size=16
-alpha=0.5
-beta=1.0
+alpha=
+beta=
+alphas=
+betas=
 max_per_shard=2000
 decode_workers=$(nproc)
 resume=0
@@ -64,8 +70,11 @@ while [ $# -gt 0 ]; do
     --lm-arpa) lm_arpa=$2; shift 2 ;;
     --lm-order) lm_order=$2; shift 2 ;;
     --beam-size) beam_size=$2; shift 2 ;;
+    --lm-prune) lm_prune=$2; shift 2 ;;
     --alpha) alpha=$2; shift 2 ;;
     --beta) beta=$2; shift 2 ;;
+    --alphas) alphas=$2; shift 2 ;;
+    --betas) betas=$2; shift 2 ;;
     --max-per-shard) max_per_shard=$2; shift 2 ;;
     --decode-workers) decode_workers=$2; shift 2 ;;
     --resume) resume=1; shift ;;
@@ -73,6 +82,7 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
     --force) force=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --) shift; overrides+=("$@"); break ;;
     -*) echo "unknown option $1" >&2; exit 1 ;;
     *) if [ -z "$root" ]; then root=$1; else subsets+=("$1"); fi; shift ;;
@@ -99,6 +109,8 @@ dev_set=
 for s in "${eval_sets[@]}"; do case "$s" in dev-*) dev_set=$s; break ;; esac; done
 mkdir -p "$exp" "$data"
 lm=${lm_arpa:-$data/lm/lm.arpa}
+device=cpu beam=beam
+[ "$ngpu" -gt 0 ] && device=cuda beam=beam-gpu
 
 # One config value after the overrides, so the units stage and training agree on the tokenizer.
 cfg() {
@@ -185,29 +197,43 @@ stage4() {  # word n-gram LM built from --lm-text, or from the training transcri
     return 0
   fi
   mkdir -p "$data/lm"
-  local text=$lm_text
-  if [ -z "$text" ]; then
-    text=$data/lm/train_text.txt
-    python3 -c 'import json, sys
-for line in open(sys.argv[1]):
-    if line.strip(): print(json.loads(line)["text"])' "$data/train.jsonl" > "$text"
-  fi
-  asr lm build "$text" -o "$data/lm/lm.arpa" --order "$lm_order"
+  local text=${lm_text:-$data/train.jsonl} args=() s
+  # shellcheck disable=SC2206
+  [ -n "$lm_prune" ] && args+=(--prune $lm_prune)
+  # Sentences that also occur in a dev/test set are left out, or the LM would partly memorise them.
+  [ ${#eval_sets[@]} -gt 0 ] && args+=(--exclude) && for s in "${eval_sets[@]}"; do args+=("$data/$s.jsonl"); done
+  asr lm build "$text" -o "$data/lm/lm.arpa" --order "$lm_order" "${args[@]}"
 }
-stage5() {  # each dev/test set: greedy, and beam search with the LM
-  local device=cpu beam=beam
-  [ "$ngpu" -gt 0 ] && device=cuda beam=beam-gpu
-  local extra=()
+stage5() {  # LM weight and word bonus: the best of a grid on the first dev set (model run once)
+  rm -f "$exp/decode/lm_tune.json"
+  if [ -n "$alpha" ] && [ -n "$beta" ]; then echo "given: alpha $alpha beta $beta"; return 0; fi
+  if [ -z "$dev_set" ]; then echo "no dev set to tune on: asr evaluate's defaults"; return 0; fi
+  local args=()
+  [ -n "$alphas" ] && args+=(--alphas "$alphas")
+  [ -n "$betas" ] && args+=(--betas "$betas")
+  asr lm tune --lm "$lm" --model "$exp/model.pt" --manifest "$data/$dev_set.jsonl" \
+    --emissions "$exp/decode/$dev_set.emissions.pt" --decoder "$beam" --beam-size "$beam_size" --device "$device" \
+    --decode-workers "$decode_workers" -o "$exp/decode/lm_tune.json" "${args[@]}"
+}
+stage6() {  # each dev/test set: greedy, and beam search with the LM
+  local extra=() weights=()
   [ "$report" = 1 ] || extra+=(--no-report)
+  if [ -f "$exp/decode/lm_tune.json" ]; then
+    read -r a b < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["alpha"], r["beta"])' \
+      "$exp/decode/lm_tune.json")
+    weights=(--alpha "$a" --beta "$b")
+  fi
+  [ -n "$alpha" ] && weights+=(--alpha "$alpha")
+  [ -n "$beta" ] && weights+=(--beta "$beta")
   for s in "${eval_sets[@]}"; do
     tolerate_skips asr evaluate "$exp/model.pt" "$data/$s.jsonl" --decoder greedy --device "$device" \
       --out "$exp/decode/$s-greedy" "${extra[@]}"
     tolerate_skips asr evaluate "$exp/model.pt" "$data/$s.jsonl" --decoder "$beam" --device "$device" \
-      --lm "$lm" --beam-size "$beam_size" --alpha "$alpha" --beta "$beta" --decode-workers "$decode_workers" \
+      --lm "$lm" --beam-size "$beam_size" "${weights[@]}" --decode-workers "$decode_workers" \
       --out "$exp/decode/$s-beam-lm" "${extra[@]}"
   done
 }
-stage6() {  # results table per set -> $exp/results.md and $exp/results.json
+stage7() {  # results table per set -> $exp/results.md and $exp/results.json
   python3 - "$exp" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$*" "${eval_sets[@]}" <<'PY'
 import json, sys
 from pathlib import Path
@@ -221,15 +247,19 @@ for s in sets:
             by_set[s][dec] = r = json.loads(f.read_text())
             rows.append(f"| {s} | {dec} | {100 * r['wer']:.2f} | {100 * r['cer']:.2f} | {r['num_utts']} | "
                         f"{r['num_words']} | {r['rtfx']} |")
-train = json.loads((exp / "train_summary.json").read_text()) if (exp / "train_summary.json").is_file() else {}
+def read(name: str) -> dict:
+    return json.loads((exp / name).read_text()) if (exp / name).is_file() else {}
+train, tune = read("train_summary.json"), read("decode/lm_tune.json")
 table = "\n".join(["| set | decoder | WER % | CER % | utts | words | x real time |",
                    "| --- | --- | --- | --- | --- | --- | --- |", *rows])
-(exp / "results.md").write_text(f"# LibriSpeech results\n\ncommit {commit}; `{command}`\n\n{table}\n")
+weights = f"LM weights tuned on {tune['manifest']}: alpha {tune['alpha']:g}, beta {tune['beta']:g}" if tune else ""
+(exp / "results.md").write_text(f"# LibriSpeech results\n\ncommit {commit}; `{command}`\n\n{table}\n\n{weights}\n")
 # The headline (DESIGN.md's results keys): test-clean if decoded, else the first set; beam + LM if run.
 main = next((s for s in ("test-clean", *sets) if by_set.get(s)), None)
 head = (by_set[main].get("beam-lm") or by_set[main]["greedy"]) if main else {}
 keys = ("wer", "cer", "num_utts", "num_words", "decoder", "audio_seconds", "decode_seconds")
-res = {**{k: head.get(k) for k in keys}, "set": main, "by_set": by_set, "train": train, "commit": commit,
+res = {**{k: head.get(k) for k in keys}, "set": main, "by_set": by_set, "train": train,
+       "lm_weights": {k: tune[k] for k in ("alpha", "beta", "wer", "manifest")} if tune else None, "commit": commit,
        "command": command}
 (exp / "results.json").write_text(json.dumps(res, indent=1) + "\n")
 print(table)
@@ -241,6 +271,7 @@ run_stage 0 "root=$(realpath "$root") subsets=${subsets[*]}" stage0
 run_stage 1 "vocab=$(cfg tokenizer.vocab_size) type=$(cfg tokenizer.model_type)" stage1
 run_stage 2 "max_per_shard=$max_per_shard" stage2
 run_stage 3 "conf=$(cksum < "$config") ngpu=$ngpu dev=$dev_set ${overrides[*]}" stage3
-run_stage 4 "arpa=$lm_arpa text=$lm_text order=$lm_order" stage4
-run_stage 5 "sets=${eval_sets[*]} beam=$beam_size alpha=$alpha beta=$beta" stage5
-run_stage 6 "-" stage6 "$cmdline ${overrides[*]}"
+run_stage 4 "arpa=$lm_arpa text=$lm_text order=$lm_order prune=$lm_prune sets=${eval_sets[*]}" stage4
+run_stage 5 "beam=$beam_size alpha=$alpha beta=$beta grid=$alphas/$betas" stage5
+run_stage 6 "sets=${eval_sets[*]} beam=$beam_size" stage6
+run_stage 7 "-" stage7 "$cmdline ${overrides[*]}"
