@@ -422,7 +422,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 counters.nonfinite_run += 1
                 ids = ", ".join(out[1]["ids"])
                 log.warning("non-finite loss, batch skipped (ids %s)", ids)
-                skipped.add(f"non-finite loss ({float(out[0])}) in the batch of {ids}; batch skipped")
+                skipped.add(f"non-finite loss ({out[0].item()}) in the batch of {ids}; batch skipped")
                 if strict or counters.nonfinite_run >= tc.max_nonfinite:
                     fail(f"{counters.nonfinite_run} non-finite loss(es) in a row (train.max_nonfinite="
                          f"{tc.max_nonfinite}); last batch: {ids}")
