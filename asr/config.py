@@ -48,7 +48,13 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    subsample_channels: int = 32
+    # 4x time subsampling in front of the LSTMs. "conv1d": one strided convolution over time
+    # (kernel 7, stride 4, mel bins as channels, no nonlinearity); "conv2d": two stride-2 3x3 ReLU
+    # convolutions over (time, mel) with ``subsample_channels`` channels. conv1d is the default:
+    # on the mini corpus it leaves the CTC blank plateau within ~100 steps where conv2d sat on it for
+    # 400+ (see benchmarks/RESULTS.md), and costs less.
+    subsample: str = "conv1d"
+    subsample_channels: int = 32  # conv2d only
     hidden: int = 256  # per direction
     layers: int = 3
     dropout: float = 0.1

@@ -1,4 +1,4 @@
-"""Acoustic model: conv 4x time subsampling -> N x BiLSTM -> linear CTC head.
+"""Acoustic model: convolutional 4x time subsampling -> N x BiLSTM -> linear CTC head.
 
 ``AcousticModel.forward(feats (B, T, F), lengths (B,)) -> (log_probs (B, T', V), out_lengths (B,))``
 with T' = ceil(T / 4). Padding never changes a result: conv outputs beyond each length are zeroed
@@ -15,7 +15,8 @@ from asr.features import length_mask
 
 
 def subsampled_lengths(lengths: Tensor) -> Tensor:
-    """Frames after two stride-2 convolutions (kernel 3, padding 1): ceil(ceil(T/2)/2)."""
+    """Frames after 4x subsampling, ceil(T / 4): two stride-2 convolutions (kernel 3, padding 1) and
+    one stride-4 convolution (kernel 7, padding 3) give the same count."""
     for _ in range(2):
         lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
     return lengths
@@ -41,7 +42,21 @@ class ConvSubsampling(nn.Module):
             x = x * length_mask(lengths, x.shape[2])[:, None, :, None]
         b, c, t, f = x.shape
         x = self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
-        return x, lengths
+        return x * length_mask(lengths, t)[..., None], lengths
+
+
+class Conv1dSubsampling(nn.Module):
+    """One stride-4 convolution over time (kernel 7, mel bins as input channels) to ``out_dim``."""
+
+    def __init__(self, n_mels: int, out_dim: int):
+        super().__init__()
+        self.conv = nn.Conv1d(n_mels, out_dim, kernel_size=7, stride=4, padding=3)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """feats (B, T, F) -> (B, ceil(T/4), out_dim) zero beyond each length, lengths (B,) -> (B,)."""
+        x = self.conv(feats.transpose(1, 2)).transpose(1, 2)
+        lengths = subsampled_lengths(lengths)
+        return x * length_mask(lengths, x.shape[1])[..., None], lengths
 
 
 class AcousticModel(nn.Module):
@@ -50,7 +65,12 @@ class AcousticModel(nn.Module):
         self.cfg = cfg
         self.n_mels = n_mels
         self.vocab_size = vocab_size
-        self.subsample = ConvSubsampling(n_mels, cfg.subsample_channels, cfg.hidden)
+        if cfg.subsample == "conv1d":
+            self.subsample = Conv1dSubsampling(n_mels, cfg.hidden)
+        elif cfg.subsample == "conv2d":
+            self.subsample = ConvSubsampling(n_mels, cfg.subsample_channels, cfg.hidden)
+        else:
+            raise ValueError(f"model.subsample={cfg.subsample!r}: expected 'conv1d' or 'conv2d'")
         self.lstm = nn.LSTM(
             input_size=cfg.hidden,
             hidden_size=cfg.hidden,
