@@ -90,6 +90,12 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
     problems: list[str] = []
     utts = read_manifest(args.manifest, strict=args.strict, problems=problems)
+    if args.shuffle is not None:
+        # Training reads shards in order through a bounded shuffle buffer: a manifest sorted by
+        # speaker or label would give batches of one speaker or one word.
+        import random
+
+        random.Random(args.shuffle).shuffle(utts)
     split = args.split or Path(args.manifest).name.split(".")[0]
     paths = write_shards(utts, args.output, split, args.max_per_shard, problems, strict=args.strict)
     print(f"{args.output}: {len(paths)} shards of {split}")
@@ -301,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="shard name prefix (default: the manifest's name)")
     p.add_argument("--max-per-shard", type=int, default=1000)
     p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
+    p.add_argument("--shuffle", type=int, metavar="SEED",
+                   help="write the utterances in a random order drawn with SEED (for training shards: a sorted "
+                        "manifest otherwise streams batches of one speaker or one word)")
     p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("train", help="train a model from shards")

@@ -177,7 +177,9 @@ print(f"{out}/units.model: {tok.vocab_size} units (blank included) from {len(tex
 PY
 }
 stage2() {  # training manifest -> webdataset shards (dev/test sets stay manifests: asr evaluate reads them)
-  tolerate_skips asr shard "$data/train.jsonl" -o "$data/shards" --split train --max-per-shard "$max_per_shard"
+  # Shuffled: the manifest is sorted by speaker, and training mixes only within its shuffle buffer.
+  tolerate_skips asr shard "$data/train.jsonl" -o "$data/shards" --split train --max-per-shard "$max_per_shard" \
+    --shuffle 0
 }
 stage3() {  # train; the best model on the first dev set is $exp/model.pt
   local args=(--config "$config" --train "$data/shards/train.index.json" --exp "$exp")
