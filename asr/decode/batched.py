@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decode.beam import CONT, OOV, ROOT, SPACE, START, LMFusion, SearchOptions, _check_batch, candidate_mask, load_lm
+from asr.decode.beam import (CONT, DEFAULT_UNK_PENALTY, OOV, ROOT, SPACE, START, LMFusion, SearchOptions, _check_batch,
+                              candidate_mask, load_lm)
 from asr.decode.greedy import greedy_decode
 from asr.decode.types import Hypothesis
 from asr.lm.arpa import LOG10, UNK_LOG10, NgramLM
@@ -132,7 +133,7 @@ class TensorLM:
 class TensorLexicon:
     """The vocabulary trie of an ``LMFusion`` as sorted tensors: token transitions and word ends."""
 
-    def __init__(self, fusion: LMFusion, device: torch.device):
+    def __init__(self, fusion: LMFusion, device: torch.device, dtype: torch.dtype):
         V = fusion.V
         token_trie: list[dict[str, int]] = [{}]
         token_end: list[list[int]] = [[]]
@@ -169,8 +170,15 @@ class TensorLexicon:
         self.vals = torch.tensor([vals[i] for i in order], dtype=torch.long, device=device)
         self.node_word = torch.tensor(fusion.node_word, dtype=torch.long, device=device)
         self.kinds = torch.tensor(fusion.kinds, dtype=torch.long, device=device)
+        # look-ahead scores per trie node, and of a partial word outside the trie (see LMFusion)
+        self.la = torch.tensor(fusion.la, dtype=dtype, device=device)
+        self.la_oov = torch.tensor(fusion.la_oov, dtype=dtype, device=device)
         # tokens with no characters (the blank, a bare space) leave the node where it is
         self.empty = torch.tensor([not c for c in fusion.chars], dtype=torch.bool, device=device)
+
+    def lookahead(self, node: Tensor) -> Tensor:
+        """The look-ahead score a partial word at ``node`` carries (OOV: that of ``<unk>``)."""
+        return torch.where(node == OOV, self.la_oov, self.la[node.clamp(min=0)])
 
     def step(self, node: Tensor, token: Tensor) -> Tensor:
         """Trie node after ``token``; OOV once a partial word leaves the vocabulary (or already had)."""
@@ -188,9 +196,9 @@ class BatchedBeamSearchDecoder:
     name = "beam-gpu"
 
     def __init__(self, tokenizer: Tokenizer, lm: NgramLM | str | Path | None = None, beam_size: int = 10,
-                 alpha: float = 0.5, beta: float = 1.0, unk_penalty: float = -10.0,
+                 alpha: float = 0.5, beta: float = 1.0, unk_penalty: float = DEFAULT_UNK_PENALTY,
                  token_top_k: int | None = None, token_min_logp: float | None = -8.0,
-                 beam_threshold: float | None = 30.0, device: str | torch.device = "cpu",
+                 beam_threshold: float | None = 30.0, lookahead: bool = True, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -205,9 +213,9 @@ class BatchedBeamSearchDecoder:
         if lm is not None:
             name = str(lm) if not isinstance(lm, NgramLM) else "LM"
             model = lm if isinstance(lm, NgramLM) else load_lm(str(lm))
-            self.fusion = LMFusion(model, tokenizer, alpha, beta, unk_penalty, name=name)
+            self.fusion = LMFusion(model, tokenizer, alpha, beta, unk_penalty, name=name, lookahead=lookahead)
             self.tlm = TensorLM(model, self.device, self.dtype)
-            self.lex = TensorLexicon(self.fusion, self.device)
+            self.lex = TensorLexicon(self.fusion, self.device, self.dtype)
             self._oov = torch.tensor(self.fusion.oov_cost, dtype=self.dtype, device=self.device)
             self._zero = torch.tensor(0.0, dtype=self.dtype, device=self.device)
 
@@ -237,7 +245,7 @@ class BatchedBeamSearchDecoder:
         idx = open_.nonzero().squeeze(1)
         nd = node[idx]
         word = torch.where(nd == OOV, torch.full_like(nd, -1), lex.node_word[nd.clamp(min=0)])
-        pen = torch.where((nd != OOV) & (word < 0), self._oov, self._zero)
+        pen = torch.where((nd != OOV) & (word < 0), self._oov, self._zero) - lex.lookahead(nd)
         lp, nxt = tlm.score(ctx[idx], word)
         add[idx] = pen + f.alpha * lp.clamp(max=0.0) + f.beta
         ctx = ctx.clone()
@@ -327,15 +335,20 @@ class BatchedBeamSearchDecoder:
                 p_node = node[..., None].expand(B, K, C)
                 inside = live & (kind == CONT) & (p_node != OOV)
                 if bool(inside.any()):
+                    # inside a word: the look-ahead moves, and leaving the trie costs the OOV penalty
                     ii = inside.nonzero(as_tuple=True)
-                    leaves = self.lex.step(p_node[ii], tok[ii]) == OOV
-                    add = add.index_put(ii, torch.where(leaves, self._oov, self._zero))
+                    nd_i = p_node[ii]
+                    nxt = self.lex.step(nd_i, tok[ii])
+                    step_add = self.lex.lookahead(nxt) - self.lex.lookahead(nd_i)
+                    add = add.index_put(ii, torch.where(nxt == OOV, self._oov + step_add, step_add))
                 bound = live & (kind != CONT)
                 if bool(bound.any()):
                     bi = bound.nonzero(as_tuple=True)
                     w_add, _ = self._close_word(ctx[bi[0], bi[1]], p_node[bi])
+                    # a word-start piece opens the next word: its look-ahead (or the OOV penalty)
                     start_nxt = self.lex.step(torch.full_like(tok[bi], ROOT), tok[bi])
-                    w_add = w_add + torch.where((kind[bi] == START) & (start_nxt == OOV), self._oov, self._zero)
+                    opened = self.lex.lookahead(start_nxt) + torch.where(start_nxt == OOV, self._oov, self._zero)
+                    w_add = w_add + torch.where(kind[bi] == START, opened, self._zero)
                     add = add.index_put(bi, w_add)
                 c_score = v + (lm[..., None] + add)
             else:

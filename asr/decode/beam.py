@@ -18,8 +18,10 @@ LM fusion (``LMFusion``) is word level: words end at the space token (``"|"`` fo
 of the utterance, where ``</s>`` is scored too. A partial word is followed through a character
 trie of the LM vocabulary, so a word that can no longer be in the vocabulary pays the
 out-of-vocabulary penalty as soon as it leaves the trie rather than at its end; words outside the
-vocabulary are scored as ``<unk>``. Everything the LM adds is multiplied by ``alpha`` or ``beta``,
-so ``alpha = beta = 0`` gives exactly the search without an LM.
+vocabulary are scored as ``<unk>``. Until a word ends, its prefix carries a look-ahead score (the
+best unigram log-prob of the words it can still become), replaced by the real score at its end.
+Everything the LM adds is multiplied by ``alpha`` or ``beta``, so ``alpha = beta = 0`` gives
+exactly the search without an LM.
 
 Speed comes from doing per frame only what the frame needs: prefixes are interned ints (a child
 is looked up once per (prefix, token) and keeps its LM state, trie node and LM score), LM scores
@@ -44,7 +46,7 @@ from torch import Tensor
 
 from asr.decode.greedy import greedy_decode
 from asr.decode.types import Hypothesis
-from asr.lm.arpa import NgramLM, read_arpa
+from asr.lm.arpa import LOG10, NgramLM, read_arpa
 from asr.text import BLANK, Tokenizer
 
 NEG = float("-inf")
@@ -53,6 +55,9 @@ _exp, _log1p = math.exp, math.log1p
 # token kinds for word boundaries
 CONT, SPACE, START = 0, 1, 2
 ROOT, OOV = 0, -1  # trie nodes: empty partial word; a partial word no LM word starts with
+# An out-of-vocabulary word pays alpha * this (natural log) on top of alpha * log p(<unk>):
+# pyctcdecode's default offset of -10 in log10 units.
+DEFAULT_UNK_PENALTY = -10.0 * math.log(10.0)
 
 
 class LMMismatchError(ValueError):
@@ -113,12 +118,19 @@ class LMFusion:
     """A word LM seen through a tokenizer: word boundaries, a vocabulary trie, and cached scores.
 
     A decoding state is (LM state, trie node). ``extend`` gives the state after one more token and
-    the score it adds (alpha * log p + beta for a completed word, alpha * unk_penalty when the
-    partial word leaves the vocabulary); ``finish`` closes the last word and scores ``</s>``.
+    the score it adds; ``finish`` closes the last word and scores ``</s>``. A completed word adds
+    alpha * log p(word | history) + beta; a partial word that leaves the vocabulary adds
+    alpha * unk_penalty (once) and is scored as ``<unk>`` when it ends.
+
+    Look-ahead (``lookahead=True``, as flashlight's trie smearing): while a word is being spelled
+    its prefix carries alpha * (the best unigram log-prob of an LM word it can still become), and
+    an out-of-vocabulary prefix alpha * log p(<unk>); the estimate is swapped for the real score
+    when the word ends. The estimates telescope, so a finished hypothesis scores exactly the same;
+    only the ranking of unfinished words changes, and prefixes of likely words survive pruning.
     """
 
     def __init__(self, lm: NgramLM, tokenizer: Tokenizer, alpha: float, beta: float,
-                 unk_penalty: float = -10.0, name: str = "LM"):
+                 unk_penalty: float = DEFAULT_UNK_PENALTY, name: str = "LM", lookahead: bool = True):
         if alpha < 0 or unk_penalty > 0:
             raise ValueError(f"alpha must be >= 0 and unk_penalty <= 0; got alpha={alpha}, unk_penalty={unk_penalty}")
         check_lm_matches(lm, tokenizer, name)
@@ -127,13 +139,18 @@ class LMFusion:
         self.beta = float(beta)
         self.unk_penalty = float(unk_penalty)
         self.oov_cost = self.alpha * self.unk_penalty
+        self.lookahead = bool(lookahead)
         self.kinds, self.chars = token_kinds(tokenizer)
         self.V = len(self.kinds)
         self.unk = lm.unk_id  # -1 when the LM has no <unk>: NgramLM then scores OOV at -100 log10
         # character trie of the vocabulary: node -> {char: node}, node -> word id (-1: not a word)
         self.children: list[dict[str, int]] = [{}]
         self.node_word: list[int] = [-1]
+        best = [0.0]  # per node, the best unigram log10 p of a word below it (0 at the root)
+        unigram = lm.probs[0]
         for w in lm.words():
+            wid = lm.word_id[w]
+            lp = unigram.get((wid,), lm.unk_log10)
             node = ROOT
             for ch in w:
                 nxt = self.children[node].get(ch)
@@ -142,22 +159,47 @@ class LMFusion:
                     self.children[node][ch] = nxt
                     self.children.append({})
                     self.node_word.append(-1)
+                    best.append(lp)
+                elif lp > best[nxt]:
+                    best[nxt] = lp
                 node = nxt
-            self.node_word[node] = lm.word_id[w]
-        self._step_cache: dict[int, int] = {}
+            self.node_word[node] = wid
+        scale = self.alpha * LOG10 if self.lookahead else 0.0
+        # la[node]: the look-ahead score a partial word at ``node`` carries; la_oov: one outside the trie
+        self.la = [min(x, 0.0) * scale for x in best]
+        self.la_oov = min(lm.unk_log10, 0.0) * scale
+        # the most a word boundary can add after a partial word at a node (prunes children unseen)
+        self.gain = [max(self.beta, 0.0) - x for x in self.la]
+        self.gain_oov = max(self.beta, 0.0) - self.la_oov
+        self._walk_cache: dict[int, int] = {}
+        self._step_cache: dict[int, tuple[int, float]] = {}
 
     def begin(self) -> tuple[int, int]:
         return self.lm.begin_state(), ROOT
 
     def _walk(self, node: int, token: int) -> int:
+        """Trie node after spelling ``token``'s characters from ``node`` (OOV once off the trie)."""
         key = node * self.V + token
-        hit = self._step_cache.get(key)
+        hit = self._walk_cache.get(key)
         if hit is None:
             hit = node
             for ch in self.chars[token]:
                 hit = self.children[hit].get(ch, OOV)
                 if hit == OOV:
                     break
+            self._walk_cache[key] = hit
+        return hit
+
+    def step(self, node: int, token: int) -> tuple[int, float]:
+        """Inside a word (``node`` in the trie, ``token`` of kind CONT): (next node, added score)."""
+        key = node * self.V + token
+        hit = self._step_cache.get(key)
+        if hit is None:
+            nxt = self._walk(node, token)
+            if nxt == OOV:
+                hit = (OOV, self.oov_cost + self.la_oov - self.la[node])
+            else:
+                hit = (nxt, self.la[nxt] - self.la[node])
             self._step_cache[key] = hit
         return hit
 
@@ -165,14 +207,15 @@ class LMFusion:
         """Score the word ending at ``node``; returns (next LM state, added score)."""
         if node == ROOT:
             return state, 0.0
-        add = 0.0
-        word = self.node_word[node] if node != OOV else -1
-        if word < 0:
-            if node != OOV:
-                add = self.oov_cost  # a prefix of LM words, but no word itself: OOV only now
-            word = self.unk
+        if node == OOV:
+            add, word = -self.la_oov, self.unk
+        else:
+            add, word = -self.la[node], self.node_word[node]
+            if word < 0:
+                add += self.oov_cost  # a prefix of LM words, but no word itself: OOV only now
+                word = self.unk
         lp, state = self.lm.score(state, word)
-        # a log-prob above 0 only comes from an unnormalised LM; capping it keeps max_gain a bound
+        # a log-prob above 0 only comes from an unnormalised LM; capping it keeps ``gain`` a bound
         return state, add + self.alpha * min(lp, 0.0) + self.beta
 
     def extend(self, state: int, node: int, token: int) -> tuple[int, int, float]:
@@ -181,18 +224,13 @@ class LMFusion:
         if kind == CONT:
             if node == OOV:
                 return state, OOV, 0.0
-            nxt = self._walk(node, token)
-            return state, nxt, (self.oov_cost if nxt == OOV else 0.0)
+            nxt, add = self.step(node, token)
+            return state, nxt, add
         state, add = self._close(state, node)
         if kind == SPACE:
             return state, ROOT, add
         nxt = self._walk(ROOT, token)
-        return state, nxt, add + (self.oov_cost if nxt == OOV else 0.0)
-
-    def max_gain(self) -> list[float]:
-        """Per token, an upper bound on the score ``extend`` can add (used to prune early)."""
-        gain = max(self.beta, 0.0)
-        return [gain if k != CONT else 0.0 for k in self.kinds]
+        return state, nxt, add + (self.oov_cost + self.la_oov if nxt == OOV else self.la[nxt])
 
     def finish(self, state: int, node: int) -> float:
         """Score added at the end of the utterance: the last word and ``</s>``."""
@@ -290,13 +328,9 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
     if fusion is not None:
         s0, n0 = fusion.begin()
         p_state, p_node = [s0], [n0]
-        extend, walk, steps = fusion.extend, fusion._walk, fusion._step_cache
-        kinds, oov_cost = fusion.kinds, fusion.oov_cost
-    trie = fusion is not None and fusion.oov_cost != 0.0
+        extend, step, steps = fusion.extend, fusion.step, fusion._step_cache
+        kinds, gains, gain_oov = fusion.kinds, fusion.gain, fusion.gain_oov
     kids: dict[int, int] = {}
-    # the most a token can add to the LM score: only a completed word can add (beta > 0)
-    bonus = [0.0] * V if fusion is None else fusion.max_gain()
-    max_bonus = max(bonus)
 
     # the beam: one entry per prefix, [log P(ends in blank), log P(ends in its last token), slot, id],
     # best first; `member` maps prefix id -> entry; `parents` holds the members' parents
@@ -319,7 +353,7 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                 e[0] = (a if b == NEG else a + log1p(exp(b - a))) + lb
             continue
         tl = [(c, row[c]) for c in toks]
-        top_gain = max(x[1] for x in tl) + max_bonus if len(tl) > 1 else tl[0][1] + max_bonus
+        top_lp = max(x[1] for x in tl) if len(tl) > 1 else tl[0][1]
         # One pass over the beam: each prefix stays (blank, or its last token repeated), updated in
         # place, and grows by each candidate token. Paths into a child that is itself in the beam
         # are merged after the pass; other children wait in `pending` with an upper bound on their
@@ -354,10 +388,16 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                 best = sc
                 if thr is not None:
                     floor = sc - thr
-            if tot + lm_p + top_gain < floor and p not in parents:
+            # the most a token can add to the LM score: inside a word nothing (the look-ahead only
+            # falls), at a word boundary the word's real score for its look-ahead, plus beta
+            if fusion is None:
+                gain = 0.0
+            else:
+                nd = p_node[p]
+                gain = gain_oov if nd == OOV else gains[nd]
+            if tot + lm_p + top_lp + gain < floor and p not in parents:
                 continue
             base = p * V
-            nd = p_node[p] if trie else OOV
             for c, lc in tl:
                 v = (a0 if c == last else tot) + lc
                 if v == NEG:
@@ -368,14 +408,19 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                         merges.append((child, v))
                         continue
                     ub = v + p_lm[child]
-                elif trie and nd != OOV and kinds[c] == CONT:
-                    # a letter that leaves the vocabulary trie costs the OOV penalty: know it now
-                    nxt = steps.get(nd * V + c)
-                    if nxt is None:
-                        nxt = walk(nd, c)
-                    ub = v + lm_p + (oov_cost if nxt == OOV else 0.0)
+                elif fusion is None:
+                    ub = v + lm_p
+                elif kinds[c] == CONT:
+                    # inside a word the trie step's score (look-ahead change, OOV penalty) is cached
+                    if nd == OOV:
+                        ub = v + lm_p
+                    else:
+                        hit = steps.get(nd * V + c)
+                        if hit is None:
+                            hit = step(nd, c)
+                        ub = v + lm_p + hit[1]
                 else:
-                    ub = v + lm_p + bonus[c]
+                    ub = v + lm_p + gain
                 if ub >= floor:
                     pending.append((ub, v, p, c))
         for child, v in merges:
@@ -413,13 +458,12 @@ def prefix_beam_search(log_probs: np.ndarray | Tensor, opts: SearchOptions, fusi
                     else:
                         st, nd = p_state[p], p_node[p]
                         if kinds[c] == CONT:
-                            # inside a word only the trie moves; leaving it costs the OOV penalty
+                            # inside a word only the trie node (and its look-ahead) moves
                             if nd != OOV:
-                                nxt = steps.get(nd * V + c)
-                                if nxt is None:
-                                    nxt = walk(nd, c)
-                                add = oov_cost if nxt == OOV else 0.0
-                                nd = nxt
+                                hit = steps.get(nd * V + c)
+                                if hit is None:
+                                    hit = step(nd, c)
+                                nd, add = hit
                             else:
                                 add = 0.0
                         else:
@@ -520,9 +564,9 @@ class BeamSearchDecoder:
     name = "beam"
 
     def __init__(self, tokenizer: Tokenizer, lm: NgramLM | str | Path | None = None, beam_size: int = 10,
-                 alpha: float = 0.5, beta: float = 1.0, unk_penalty: float = -10.0,
+                 alpha: float = 0.5, beta: float = 1.0, unk_penalty: float = DEFAULT_UNK_PENALTY,
                  token_top_k: int | None = None, token_min_logp: float | None = -8.0,
-                 beam_threshold: float | None = 30.0, num_workers: int = 0):
+                 beam_threshold: float | None = 30.0, lookahead: bool = True, num_workers: int = 0):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.tokenizer = tokenizer
@@ -531,7 +575,7 @@ class BeamSearchDecoder:
         if lm is not None:
             name = str(lm) if not isinstance(lm, NgramLM) else "LM"
             model = lm if isinstance(lm, NgramLM) else load_lm(str(lm))
-            self.fusion = LMFusion(model, tokenizer, alpha, beta, unk_penalty, name=name)
+            self.fusion = LMFusion(model, tokenizer, alpha, beta, unk_penalty, name=name, lookahead=lookahead)
         self.num_workers = num_workers
         self._pool = None
 
