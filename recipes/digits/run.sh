@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Connected digits from real speech: FSDD (five male speakers, 8 kHz) -> speaker-disjoint isolated
+# and connected digit strings -> augmentation -> shards -> a small BiLSTM-CTC trained on the CPU ->
+# greedy WER on the held-out test speaker, isolated and connected.
+#
+#   bash recipes/digits/run.sh [FSDD_DIR] [--test-speaker S] [--dev-speaker S] [--stage N] [--stop-stage M]
+#        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--epochs E] [--seed S] [--force]
+#
+# FSDD_DIR defaults to ../shared/data/fsdd (any folder of {digit}_{speaker}_{index}.wav works).
+# Writes data/digits/ (audio, manifests, shards) and exp/digits/ (model.pt, results.json, decode/).
+# A stage that finished leaves exp/digits/.done.<stage> holding its options; it is skipped next time
+# unless those options changed. --force reruns everything from --stage.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -x .venv/bin/asr ] && export PATH="$PWD/.venv/bin:$PATH"
+
+fsdd=../shared/data/fsdd
+test_speaker=jackson
+dev_speaker=nicolas
+num_connected=200        # connected strings per training speaker
+num_eval_connected=100   # connected strings per dev / test speaker
+speeds="0.9 1.0 1.1"
+noise_prob=0.0
+synth=0                  # synthetic espeak-ng/flite digit strings mixed into training
+epochs=12
+train_minutes=9          # stop training after this long whatever the epoch (the 15-minute budget)
+seed=0
+jobs=$(nproc)
+stage=0
+stop_stage=100
+force=0
+data=data/digits
+exp=exp/digits
+overrides=()
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --test-speaker) test_speaker=$2; shift 2 ;;
+    --dev-speaker) dev_speaker=$2; shift 2 ;;
+    --num-connected) num_connected=$2; shift 2 ;;
+    --num-eval-connected) num_eval_connected=$2; shift 2 ;;
+    --speeds) speeds=$2; shift 2 ;;
+    --noise-prob) noise_prob=$2; shift 2 ;;
+    --synth) synth=$2; shift 2 ;;
+    --epochs) epochs=$2; shift 2 ;;
+    --train-minutes) train_minutes=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --exp) exp=$2; shift 2 ;;
+    --force) force=1; shift ;;
+    --) shift; overrides+=("$@"); break ;;   # the rest: config overrides for asr train
+    -*) echo "unknown option $1" >&2; exit 1 ;;
+    *) fsdd=$1; shift ;;
+  esac
+done
+mkdir -p "$exp"
+t_start=$(date +%s)
+
+# run_stage N "options" command...: skip when stage N already ran with the same options.
+run_stage() {
+  local n=$1 opts=$2; shift 2
+  [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] && return 0
+  local marker="$exp/.done.$n"
+  if [ "$force" = 0 ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$opts" ]; then
+    echo "== stage $n: done before with the same options, skipped"
+    return 0
+  fi
+  echo "== stage $n: $*"
+  rm -f "$marker"
+  local t0; t0=$(date +%s)
+  "$@"
+  echo "$opts" > "$marker"
+  echo "== stage $n took $(( $(date +%s) - t0 )) s"
+  # A rerun stage invalidates the stages after it.
+  for later in $(seq $((n + 1)) 9); do rm -f "$exp/.done.$later"; done
+}
+
+# asr commands exit 3 when they skipped bad input (named on stderr); that is not a failure here.
+tolerant() { "$@" || { rc=$?; [ $rc -eq 3 ] || return $rc; }; }
+
+stage0() {  # FSDD -> speaker-disjoint isolated + connected digits, 16 kHz FLAC, manifests
+  rm -rf "$data/audio"
+  tolerant asr prepare --format fsdd "$fsdd" -o "$data" --test-speakers "$test_speaker" --dev-speakers "$dev_speaker" \
+    --num-connected "$num_connected" --num-eval-connected "$num_eval_connected" --seed "$seed"
+}
+stage1() {  # training manifest -> speed-perturbed / noisy copies (+ synthetic digit strings)
+  rm -rf "$data/aug"
+  # shellcheck disable=SC2086
+  tolerant asr augment "$data/train.jsonl" -o "$data/train_aug.jsonl" --audio-dir "$data/aug" --speeds $speeds \
+    --noise-prob "$noise_prob" --synth-digits "$synth" --seed "$seed" --jobs "$jobs"
+}
+stage2() {  # training manifest -> webdataset shards
+  # Shuffled: the manifest is sorted by speaker and digit, and training mixes only within its
+  # shuffle buffer, so unshuffled shards give batches of one speaker saying one digit.
+  tolerant asr shard "$data/train_aug.jsonl" -o "$data/shards" --split train --max-per-shard 1000 --shuffle "$seed"
+}
+stage3() {  # train on the CPU; the best dev-WER model is $exp/model.pt
+  rm -rf "$exp/ckpt" "$exp/train_log.jsonl" "$exp/model.pt"
+  asr train --config conf/digits.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
+    --device cpu train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes" "${overrides[@]}"
+}
+stage4() {  # greedy decoding of the test speaker, isolated and connected
+  for set in test_isolated test_connected; do
+    tolerant asr evaluate "$exp/model.pt" "$data/$set.jsonl" --decoder greedy --device cpu --threads 1 \
+      --no-report --out "$exp/decode/$set"
+  done
+}
+
+run_stage 0 "fsdd=$fsdd test=$test_speaker dev=$dev_speaker n=$num_connected/$num_eval_connected seed=$seed" stage0
+run_stage 1 "speeds=$speeds noise=$noise_prob synth=$synth seed=$seed" stage1
+run_stage 2 "shuffle seed=$seed" stage2
+run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
+run_stage 4 "greedy" stage4
+
+# results.json: the pooled test WER (isolated + connected) under the DESIGN.md keys, each set
+# separately, the split, and what produced it.
+if [ -f "$exp/decode/test_isolated/results.json" ] && [ -f "$exp/decode/test_connected/results.json" ]; then
+  python3 - "$exp" "$data" "$(( $(date +%s) - t_start ))" "speeds=$speeds noise_prob=$noise_prob synth=$synth epochs=$epochs seed=$seed ${overrides[*]}" <<'PY'
+import json, sys
+from pathlib import Path
+exp, data, wall, opts = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+iso = json.loads((exp / "decode/test_isolated/results.json").read_text())
+con = json.loads((exp / "decode/test_connected/results.json").read_text())
+split = json.loads((data / "split.json").read_text())
+train = json.loads((exp / "train_summary.json").read_text()) if (exp / "train_summary.json").is_file() else {}
+# Pooled over both sets from the hypotheses themselves, so CER is exact too.
+from asr.data.manifest import read_manifest
+from asr.metrics import score
+refs, hyps = [], []
+for name in ("test_isolated", "test_connected"):
+    texts = {u.id: u.text for u in read_manifest(data / f"{name}.jsonl", check_audio=False)}
+    for line in (exp / "decode" / name / "recogs.txt").read_text().splitlines():
+        uid, _, hyp = line.partition("\t")
+        refs.append(texts[uid])
+        hyps.append(hyp)
+pooled = score(refs, hyps)
+res = {
+    "wer": pooled.wer, "cer": pooled.cer, "num_utts": pooled.num_utts, "num_words": pooled.num_words,
+    "decoder": iso["decoder"],
+    "audio_seconds": round(iso["audio_seconds"] + con["audio_seconds"], 3),
+    "decode_seconds": round(iso["decode_seconds"] + con["decode_seconds"], 3),
+    "wer_isolated": iso["wer"], "wer_connected": con["wer"],
+    "isolated": iso, "connected": con,
+    "test_speakers": split["test"], "dev_speakers": split["dev"], "train_speakers": split["train"],
+    "train_seconds": train.get("train_seconds"), "epochs": train.get("epochs"),
+    "best_dev_wer": train.get("best_dev_wer"), "options": opts,
+    "recipe_wall_seconds_this_run": wall,
+}
+(exp / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+print(f"test speaker {', '.join(split['test'])}: isolated WER {100 * iso['wer']:.2f}% ({iso['num_words']} words), "
+      f"connected WER {100 * con['wer']:.2f}% ({con['num_words']} words) -> {exp}/results.json")
+PY
+fi
+echo "recipe wall time this run: $(( $(date +%s) - t_start )) s"
