@@ -99,7 +99,7 @@ stage2() {  # training manifest -> webdataset shards
 }
 stage3() {  # train on the CPU; the best dev-WER model is $exp/model.pt
   rm -rf "$exp/ckpt" "$exp/train_log.jsonl" "$exp/model.pt"
-  asr train --config conf/digits.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
+  tolerant asr train --config conf/digits.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
     --device cpu train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes" "${overrides[@]}"
 }
 stage4() {  # greedy decoding of the test speaker, isolated and connected

@@ -190,7 +190,7 @@ stage3() {  # train; the best model on the first dev set is $exp/model.pt
     # One process per GPU; with --nproc_per_node=1 this is a plain single-GPU run.
     torchrun --standalone --nproc_per_node="$ngpu" -m asr train --device cuda "${args[@]}"
   else
-    asr train --device cpu "${args[@]}"
+    tolerate_skips asr train --device cpu "${args[@]}"
   fi
 }
 stage4() {  # word n-gram LM built from --lm-text, or from the training transcripts (unless --lm-arpa)
