@@ -68,6 +68,10 @@ class TrainConfig:
     weight_decay: float = 1e-2
     warmup_steps: int = 200
     final_lr_frac: float = 0.05  # cosine decay to lr * final_lr_frac
+    # With max_minutes: the decay is paced by whichever runs out first, steps or wall time, so a
+    # time-boxed run (the mini recipe) ends at the low learning rate on any machine speed. Wall time
+    # is not reproducible, so this is off by default.
+    schedule_by_time: bool = False
     grad_clip: float = 5.0
     max_frames: int = 40000  # feature frames (10 ms) per batch, padding included
     max_batch: int = 128

@@ -135,11 +135,12 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     return loss / ntok, stats
 
 
-def lr_factor(step: int, warmup: int, total: int, final_frac: float) -> float:
-    """Linear warm-up to 1, then cosine decay to ``final_frac`` at ``total`` steps."""
+def lr_factor(step: int, warmup: int, total: int, final_frac: float, time_frac: float = 0.0) -> float:
+    """Linear warm-up to 1, then cosine decay to ``final_frac`` at ``total`` steps, or earlier when
+    ``time_frac`` (the fraction of a time budget used) is further along."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_frac))
     return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -321,8 +322,9 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = estimate_steps_per_epoch(train_shards, tc.max_frames, dd.world, tc.accum_steps)
     total_steps = steps_per_epoch * tc.epochs
+    pace = {"time_frac": 0.0}  # the fraction of max_minutes used, when train.schedule_by_time
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.final_lr_frac))
+        opt, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.final_lr_frac, pace["time_frac"]))
     epoch, start_batch, step, best_wer, history = 0, 0, 0, float("inf"), []
     if state:
         opt.load_state_dict(state["optimizer"])
@@ -439,6 +441,8 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 continue
             gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
             opt.step()
+            if tc.schedule_by_time and tc.max_minutes > 0:
+                pace["time_frac"] = (time.time() - t_start) / (tc.max_minutes * 60)
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1

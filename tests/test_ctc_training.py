@@ -125,6 +125,16 @@ def test_lr_factor_warms_up_then_decays_to_the_final_fraction():
     assert lr_factor(0, 0, 100, 0.1) == pytest.approx(1.0)
 
 
+def test_lr_factor_paced_by_time_decays_by_whichever_budget_runs_out_first():
+    warm, total, final = 10, 1000, 0.05
+    # half the time used at step 20 of 1000: the decay is halfway, not 1% along
+    assert lr_factor(20, warm, total, final, time_frac=0.5) == pytest.approx(final + (1 - final) * 0.5)
+    assert lr_factor(20, warm, total, final, time_frac=1.5) == pytest.approx(final)
+    # time behind the steps: the step count decides
+    assert lr_factor(510, warm, total, final, time_frac=0.1) == pytest.approx(lr_factor(510, warm, total, final))
+    assert lr_factor(5, warm, total, final, time_frac=0.9) == pytest.approx(0.6), "warm-up is by steps"
+
+
 # --- the whole loop: train() from shards, and resume equality -------------------------------------------
 
 def tiny_experiment(**train):
