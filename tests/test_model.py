@@ -138,3 +138,24 @@ def test_gradients_do_not_flow_from_padding(tiny_model_cfg):
     log_probs[1, :n].sum().backward()
     assert feats.grad[0].abs().sum() == 0, "utterance 0 does not influence utterance 1"
     assert feats.grad[1, :21].abs().sum() > 0
+
+
+def test_cpu_padded_lstm_equals_the_packed_lstm_with_its_gradients():
+    """The CPU path (one direction at a time over padded tensors) computes what the packed path
+    (used on the GPU, and when the LSTM is quantized or exported) computes, gradients included."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    model = make_model(ModelConfig(hidden=16, layers=3, dropout=0.0))
+    x = torch.randn(3, 23, 16)
+    lens = torch.tensor([23, 11, 2])
+    fast = model._lstm_padded(x, lens)
+    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    ref, _ = pad_packed_sequence(model.lstm(packed)[0], batch_first=True, total_length=23)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    grads = []
+    for out in (fast, ref):
+        model.zero_grad()
+        (out * torch.linspace(-1, 1, 32)).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.lstm.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
