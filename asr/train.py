@@ -88,6 +88,7 @@ class Counters:
 def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict, tokenizer: Tokenizer,
                  device: torch.device, bf16: bool, counters: Counters) -> tuple[torch.Tensor, dict] | None:
     """CTC loss (sum over the batch / target tokens) of one batch; None if no utterance is usable.
+    ``bf16``: run the model under bf16 autocast on ``device`` (the CTC loss stays fp32).
 
     Utterances whose label cannot be aligned to their subsampled frames (CTC-infeasible) or cannot be
     tokenized are dropped and counted, so they never produce an infinite loss.
@@ -120,7 +121,7 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     wav = batch["wav"][idx].to(device, non_blocking=True)
     wav_len = wav_len[idx].to(device)
     feats, flen = frontend(wav, wav_len)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         log_probs, out_len = model(feats, flen)
     # CTC in fp32 whatever the autocast: the model returns float32 log-probs.
     tgt = torch.tensor([x for t in targets for x in t], dtype=torch.long, device=device)
@@ -277,6 +278,10 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     dev_t = torch.device(device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    use_bf16 = tc.bf16 if dev_t.type == "cuda" else tc.cpu_bf16
+    if use_bf16 and dev_t.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("train.cpu_bf16: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
+        use_bf16 = False
     exp = Path(exp_dir)
     (exp / "ckpt").mkdir(parents=True, exist_ok=True)
     if dd.main:
@@ -407,7 +412,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             # Under DDP, gradients are all-reduced only on the micro-batch that ends an accumulation.
             sync = micro == 0 or dd.world == 1
             with net.no_sync() if not sync else contextlib.nullcontext():
-                out = compute_loss(net, frontend, batch, tokenizer, dev_t, tc.bf16, counters)
+                out = compute_loss(net, frontend, batch, tokenizer, dev_t, use_bf16, counters)
                 ok = out is not None and bool(torch.isfinite(out[0]))
                 if dd.world > 1:
                     # All ranks agree before backward (where DDP all-reduces): if any rank's loss is

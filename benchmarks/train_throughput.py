@@ -1,0 +1,133 @@
+"""Training throughput from real shards, beside the bare nn.LSTM stack at the same batch shapes.
+
+For each model size, runs the real training step (GPU/CPU features + SpecAugment, conv subsampling,
+packed BiLSTM, CTC in fp32, backward, clip, AdamW) for a fixed number of steps from shards, then
+times a bare ``nn.LSTM`` forward+backward on the very batch shapes the trainer saw. Prints a
+Markdown table: audio seconds per wall second (x real time), padding fraction, the share of wall
+time spent waiting on data, and our throughput as a percentage of the bare LSTM's.
+
+    python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
+        --sizes 2x128 3x256 --steps 20            # CPU
+    python benchmarks/train_throughput.py --shards ... --sizes 4x320 5x1024 --steps 50 \
+        --max-frames 192000 --device cuda         # one GPU, bf16
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
+from asr.data.shards import ShardBatches, resolve_shards
+from asr.features import FeatureExtractor
+from asr.model import AcousticModel
+from asr.text import CharTokenizer
+from asr.train import Counters, compute_loss
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
+    layers, hidden = (int(x) for x in size.split("x"))
+    tok = CharTokenizer()
+    model = AcousticModel(ModelConfig(hidden=hidden, layers=layers, dropout=0.1), 80, tok.vocab_size).to(device)
+    frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0)
+    loader = DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if args.workers else None)
+    counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
+    epoch = 0
+    it = iter(loader)
+    step = 0
+    while step < args.warmup + args.steps:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        if batch is None:  # a small shard set: start another pass
+            epoch += 1
+            data.set_epoch(epoch)
+            it = iter(loader)
+            continue
+        t1 = time.perf_counter()
+        out = compute_loss(model, frontend, batch, tok, device, args.bf16 and device.type == "cuda", counters)
+        if out is None:
+            continue
+        loss, stats = out
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        t2 = time.perf_counter()
+        if step >= args.warmup:
+            step_times.append(t2 - t0)
+            waits.append(t1 - t0)
+            audio.append(stats["audio_s"])
+            padding.append(stats["padding"])
+            frames = int(batch["lengths"].max()) // 160 + 1
+            shapes.append((stats["utts"], (frames + 3) // 4, stats["audio_s"]))
+        step += 1
+    return {"size": size, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
+            "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
+            "step_ms": 1000 * statistics.median(step_times)}
+
+
+def run_bare(res: dict, args, device: torch.device) -> float:
+    """Bare nn.LSTM (same layers/width, bidirectional) fwd+bwd over the recorded (B, T') shapes."""
+    lstm = torch.nn.LSTM(res["hidden"], res["hidden"], res["layers"], bidirectional=True, batch_first=True).to(device)
+    use_bf16 = args.bf16 and device.type == "cuda"
+    total_t, total_audio = 0.0, 0.0
+    for i, (b, t, audio_s) in enumerate(res["shapes"][:1] * 2 + res["shapes"]):
+        x = torch.randn(b, t, res["hidden"], device=device, requires_grad=True)
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            y, _ = lstm(x)
+        y.float().sum().backward()
+        sync(device)
+        if i >= 2:  # the first two are warm-up
+            total_t += time.perf_counter() - t0
+            total_audio += audio_s
+    return total_audio / total_t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--sizes", nargs="+", default=["2x128", "3x256"], help="LAYERSxHIDDEN per direction")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--max-frames", type=int, default=20000)
+    p.add_argument("--max-batch", type=int, default=512)
+    p.add_argument("--max-duration", type=float, default=30.0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    shards = resolve_shards(args.shards)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; bf16: {args.bf16 and device.type == 'cuda'}; max_frames {args.max_frames}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print("| model | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for size in args.sizes:
+        res = run_ours(size, shards, args, device)
+        bare = run_bare(res, args, device)
+        print(f"| {size} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
+              f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
