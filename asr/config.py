@@ -23,6 +23,10 @@ class FeatureConfig:
     win_ms: float = 25.0
     hop_ms: float = 10.0
     n_fft: int = 512
+    # Subtract each utterance's mean log-mel before the global CMVN: removes the recording level
+    # and microphone colouring, which a corpus of a few speakers (FSDD) cannot teach the model to
+    # ignore. The mean is over the utterance (or the transcription window) alone.
+    utterance_cmn: bool = False
 
 
 @dataclass(frozen=True)

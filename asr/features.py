@@ -48,7 +48,11 @@ class LogMel(nn.Module):
             spec = self.mel(wav.float())  # (B, F, T)
         feats = torch.log(spec + 1e-6).transpose(1, 2)
         flen = frame_lengths(lengths, self.cfg).clamp(max=feats.shape[1])
-        feats = feats.masked_fill(~length_mask(flen, feats.shape[1])[..., None], 0.0)
+        valid = length_mask(flen, feats.shape[1])[..., None]
+        feats = feats.masked_fill(~valid, 0.0)
+        if self.cfg.utterance_cmn:
+            mean = feats.sum(dim=1, keepdim=True) / flen.clamp(min=1)[:, None, None].to(feats.dtype)
+            feats = (feats - mean).masked_fill(~valid, 0.0)
         return feats, flen
 
 

@@ -161,3 +161,24 @@ def test_feature_extractor_applies_spec_augment_in_training_only():
     torch.manual_seed(0)
     c, _ = fe(wav, lengths)
     assert (c == 0).sum() > (a == 0).sum()
+
+
+def test_utterance_cmn_removes_the_recording_level_and_ignores_padding():
+    import dataclasses
+
+    from asr.config import FeatureConfig
+    from asr.features import LogMel
+
+    cfg = dataclasses.replace(FeatureConfig(), utterance_cmn=True)
+    torch.manual_seed(0)
+    wav = 0.1 * torch.randn(1, 8000)
+    mel = LogMel(cfg)
+    quiet, n = mel(wav, torch.tensor([8000]))
+    loud, _ = mel(4.0 * wav, torch.tensor([8000]))
+    torch.testing.assert_close(quiet, loud, atol=1e-2, rtol=0)  # a gain is a constant in the log domain (but for the floor)
+    assert quiet[0, : int(n[0])].mean(dim=0).abs().max() < 1e-4  # zero mean per mel bin
+    padded, m = mel(torch.cat([wav, torch.zeros(1, 3000)], dim=1), torch.tensor([8000]))
+    assert int(m[0]) == int(n[0]) and bool((padded[0, int(n[0]):] == 0).all())
+    torch.testing.assert_close(padded[:, : int(n[0])], quiet)
+    plain, _ = LogMel(FeatureConfig())(wav, torch.tensor([8000]))
+    assert not torch.allclose(plain, quiet)
