@@ -30,7 +30,7 @@ def test_recipe_runs_every_stage_and_keeps_the_test_speaker_out(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = ["bash", str(REPO / "recipes" / "digits" / "run.sh"), str(tmp_path / "fsdd"), "--test-speaker", "dora",
            "--dev-speaker", "carl", "--num-connected", "6", "--num-eval-connected", "3", "--speeds", "0.9 1.0",
-           "--epochs", "1", "--jobs", "1", "--data", str(data), "--exp", str(exp), "--", *TINY]
+           "--epochs", "1", "--synth", "0", "--noise-prob", "0", "--jobs", "1", "--data", str(data), "--exp", str(exp), "--", *TINY]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "test speaker dora: isolated WER" in proc.stdout

@@ -1,0 +1,57 @@
+"""The benchmark scripts run end to end on tiny inputs and print well-formed tables.
+
+They are measured by hand (benchmarks/RESULTS.md); here they only have to work, so that a number in
+RESULTS.md can always be reproduced with the script as it is.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str, timeout: int = 240) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """Markdown table body rows (header and separator dropped) as lists of cells."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def test_train_throughput_reports_ours_beside_the_bare_lstm(train_shards):
+    out = run_script("benchmarks/train_throughput.py", "--shards", *train_shards, "--sizes", "1x16", "2x24",
+                     "--steps", "3", "--warmup", "1", "--max-frames", "400", "--workers", "0", "--threads", "1")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1x16", "2x24"]
+    for r in rows:
+        ours, bare, ratio = float(r[2]), float(r[3]), float(r[4].rstrip("%"))
+        assert ours > 0 and bare > 0
+        assert abs(ratio - 100 * ours / bare) <= 1.0
+        assert 0.0 <= float(r[5].rstrip("%")) < 100.0  # padding fraction
+        assert 0.0 <= float(r[6].rstrip("%")) <= 100.0  # data wait
+
+
+def test_decode_benchmark_table_on_synthetic_emissions(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["THE CAT SAT ON THE MAT", "A DOG RAN IN THE PARK", "THE SUN IS HOT",
+                               "WE SAW THE CAT", "THE DOG SAT"] * 4) + "\n")
+    lm = tmp_path / "lm.arpa"
+    subprocess.run([sys.executable, "-m", "asr", "lm", "build", str(text), "-o", str(lm), "--order", "2"],
+                   cwd=REPO, check=True, capture_output=True)
+    out = run_script("benchmarks/decode.py", "--synthetic", str(text), "--num-synthetic", "12", "--lm", str(lm),
+                     "--decoders", "greedy,beam,beam-gpu", "--beam-size", "4", "--repeats", "1", "--device", "cpu")
+    rows = {r[0]: r for r in table_rows(out)}
+    assert any(k.startswith("greedy") for k in rows) and len(rows) == 3, out
+    wers = {name: float(re.sub(r"[^0-9.]", "", r[1])) for name, r in rows.items()}
+    assert all(w >= 0.0 for w in wers.values())  # (insertions can take WER past 100%)
+    beam = [w for name, w in wers.items() if "beam" in name]
+    assert len(beam) == 2 and abs(beam[0] - beam[1]) < 1e-9, "the CPU and batched searches agree"
+    for r in rows.values():
+        assert float(r[2].replace(",", "")) > 0  # audio seconds per second
