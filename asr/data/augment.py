@@ -135,7 +135,7 @@ def augment_utterances(utts: list[Utterance], out_dir: str | Path, opts: Augment
             suffix = ("" if speed == 1.0 else f"-{_tag(speed)}") + ("-noise" if noisy else "")
             work.append((u, speed, kind, snr, seed, str(out / (u.speaker or "unknown") / f"{u.id}{suffix}.flac")))
     made: list[Utterance] = []
-    with Pool(max(1, jobs)) as pool:
+    with Pool(max(1, jobs), initializer=torch.set_num_threads, initargs=(1,)) as pool:  # see synth.write_split
         for res in tqdm(pool.imap(_perturb_job, work, chunksize=16), total=len(work), desc="augment",
                         unit="utt", disable=not progress):
             if isinstance(res, str):
@@ -190,7 +190,7 @@ def synth_digit_strings(num: int, out_dir: str | Path, num_voices: int = 40, min
         work.append((voice, digits, uid, str(out / f"v{i % len(voices):03d}" / f"{uid}.flac"), rng.randrange(2**31),
                      band_limit_hz))
     made: list[Utterance] = []
-    with Pool(max(1, jobs)) as pool:
+    with Pool(max(1, jobs), initializer=torch.set_num_threads, initargs=(1,)) as pool:  # see synth.write_split
         for res in tqdm(pool.imap(_synth_job, work, chunksize=8), total=len(work), desc="synth digits",
                         unit="utt", disable=not progress):
             if isinstance(res, str):

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 
 stage=0
 stop_stage=100
-num_train=5000
+num_train=12000
 num_dev=100
 num_test=200
 epochs=40  # an upper bound: --train-minutes ends training (and paces the LR decay)
