@@ -59,52 +59,33 @@ done
 mkdir -p "$exp"
 t_start=$(date +%s)
 
-# run_stage N "options" command...: skip when stage N already ran with the same options.
-run_stage() {
-  local n=$1 opts=$2; shift 2
-  [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] && return 0
-  local marker="$exp/.done.$n"
-  if [ "$force" = 0 ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$opts" ]; then
-    echo "== stage $n: done before with the same options, skipped"
-    return 0
-  fi
-  echo "== stage $n: $*"
-  rm -f "$marker"
-  local t0; t0=$(date +%s)
-  "$@"
-  echo "$opts" > "$marker"
-  echo "== stage $n took $(( $(date +%s) - t0 )) s"
-  # A rerun stage invalidates the stages after it.
-  for later in $(seq $((n + 1)) 9); do rm -f "$exp/.done.$later"; done
-}
-
-# asr commands exit 3 when they skipped bad input (named on stderr); that is not a failure here.
-tolerant() { "$@" || { rc=$?; [ $rc -eq 3 ] || return $rc; }; }
+# run_stage and tolerate_skips
+source "recipes/lib.sh"
 
 stage0() {  # FSDD -> speaker-disjoint isolated + connected digits, 16 kHz FLAC, manifests
   rm -rf "$data/audio"
-  tolerant asr prepare --format fsdd "$fsdd" -o "$data" --test-speakers "$test_speaker" --dev-speakers "$dev_speaker" \
+  tolerate_skips asr prepare --format fsdd "$fsdd" -o "$data" --test-speakers "$test_speaker" --dev-speakers "$dev_speaker" \
     --num-connected "$num_connected" --num-eval-connected "$num_eval_connected" --seed "$seed"
 }
 stage1() {  # training manifest -> speed-perturbed / noisy copies (+ synthetic digit strings)
   rm -rf "$data/aug"
   # shellcheck disable=SC2086
-  tolerant asr augment "$data/train.jsonl" -o "$data/train_aug.jsonl" --audio-dir "$data/aug" --speeds $speeds \
+  tolerate_skips asr augment "$data/train.jsonl" -o "$data/train_aug.jsonl" --audio-dir "$data/aug" --speeds $speeds \
     --noise-prob "$noise_prob" --synth-digits "$synth" --seed "$seed" --jobs "$jobs"
 }
 stage2() {  # training manifest -> webdataset shards
   # Shuffled: the manifest is sorted by speaker and digit, and training mixes only within its
   # shuffle buffer, so unshuffled shards give batches of one speaker saying one digit.
-  tolerant asr shard "$data/train_aug.jsonl" -o "$data/shards" --split train --max-per-shard 1000 --shuffle "$seed"
+  tolerate_skips asr shard "$data/train_aug.jsonl" -o "$data/shards" --split train --max-per-shard 1000 --shuffle "$seed"
 }
 stage3() {  # train on the CPU; the best dev-WER model is $exp/model.pt
   rm -rf "$exp/ckpt" "$exp/train_log.jsonl" "$exp/model.pt"
-  tolerant asr train --config conf/digits.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
+  tolerate_skips asr train --config conf/digits.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
     --device cpu train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes" "${overrides[@]}"
 }
 stage4() {  # greedy decoding of the test speaker, isolated and connected
   for set in test_isolated test_connected; do
-    tolerant asr evaluate "$exp/model.pt" "$data/$set.jsonl" --decoder greedy --device cpu --threads 1 \
+    tolerate_skips asr evaluate "$exp/model.pt" "$data/$set.jsonl" --decoder greedy --device cpu --threads 1 \
       --no-report --out "$exp/decode/$set"
   done
 }

@@ -123,31 +123,8 @@ print(getattr(getattr(cfg, section), key))
 PY
 }
 
-# run_stage N "options" command...: skip when stage N already ran with the same options.
-run_stage() {
-  local n=$1 opts=$2; shift 2
-  [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] && return 0
-  local marker="$exp/.done.$n"
-  if [ "$force" = 0 ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$opts" ]; then
-    echo "== stage $n: done before with the same options, skipped"
-    return 0
-  fi
-  echo "== stage $n: $*"
-  rm -f "$marker"
-  local t0; t0=$(date +%s)
-  "$@"
-  echo "$opts" > "$marker"
-  echo "== stage $n took $(( $(date +%s) - t0 )) s"
-  # A rerun stage invalidates the stages after it.
-  for later in $(seq $((n + 1)) 9); do rm -f "$exp/.done.$later"; done
-}
-
-# asr commands exit 3 when they skipped bad input (named on stderr); that is not a failure here.
-tolerate_skips() {
-  local rc=0
-  "$@" || rc=$?
-  [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || return "$rc"
-}
+# run_stage and tolerate_skips
+source "recipes/lib.sh"
 
 stage0() {  # each subset -> data/librispeech/<subset>.jsonl; the training subsets together -> train.jsonl
   # In parallel: reading the audio headers of a subset is mostly waiting for the disk.

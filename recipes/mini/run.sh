@@ -46,29 +46,8 @@ while [ $# -gt 0 ]; do
 done
 mkdir -p "$exp"
 
-# run_stage N "options" command...: skip when stage N already ran with the same options.
-run_stage() {
-  local n=$1 opts=$2; shift 2
-  [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] && return 0
-  local marker="$exp/.done.$n"
-  if [ "$force" = 0 ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$opts" ]; then
-    echo "== stage $n: done before with the same options, skipped"
-    return 0
-  fi
-  echo "== stage $n: $*"
-  rm -f "$marker"
-  "$@"
-  echo "$opts" > "$marker"
-  # A rerun stage invalidates the stages after it.
-  for later in $(seq $((n + 1)) 9); do rm -f "$exp/.done.$later"; done
-}
-
-# A command that skipped some bad inputs exits 3 after listing them; a recipe goes on with the rest.
-tolerate_skips() {
-  local rc=0
-  "$@" || rc=$?
-  [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || return "$rc"
-}
+# run_stage and tolerate_skips
+source "recipes/lib.sh"
 
 stage0() {  # synthesize the corpus (train voices; test voices and sentences unseen in training)
   rm -rf "$data/corpus"

@@ -1,0 +1,29 @@
+# Shell helpers shared by the recipes; sourced after a recipe has parsed its options.
+# Uses the recipe's globals: stage, stop_stage, exp, force.
+
+# run_stage N "options" command...: skip when stage N already ran with the same options.
+# A finished stage leaves $exp/.done.N holding its options.
+run_stage() {
+  local n=$1 opts=$2; shift 2
+  [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] && return 0
+  local marker="$exp/.done.$n"
+  if [ "$force" = 0 ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$opts" ]; then
+    echo "== stage $n: done before with the same options, skipped"
+    return 0
+  fi
+  echo "== stage $n: $*"
+  rm -f "$marker"
+  local t0; t0=$(date +%s)
+  "$@"
+  echo "$opts" > "$marker"
+  echo "== stage $n took $(( $(date +%s) - t0 )) s"
+  # A rerun stage invalidates the stages after it.
+  for later in $(seq $((n + 1)) 9); do rm -f "$exp/.done.$later"; done
+}
+
+# asr commands exit 3 when they skipped bad input (named on stderr); a recipe goes on with the rest.
+tolerate_skips() {
+  local rc=0
+  "$@" || rc=$?
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || return "$rc"
+}
