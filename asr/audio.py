@@ -41,6 +41,19 @@ def to_mono_16k(data: np.ndarray, sample_rate: int, target_rate: int = 16000, na
     return wav
 
 
+def trim_silence(wav: torch.Tensor, sample_rate: int = 16000, top_db: float = 40.0, margin_s: float = 0.1) -> torch.Tensor:
+    """wav (S,) -> (S',): leading and trailing stretches more than ``top_db`` below the loudest frame
+    cut away (``librosa.effects.trim``, 25 ms frames), keeping ``margin_s`` of them at each end."""
+    import librosa  # only synthesis needs it; importing librosa costs about a second
+
+    _, (start, end) = librosa.effects.trim(wav.numpy(), top_db=top_db, frame_length=int(0.025 * sample_rate),
+                                           hop_length=int(0.010 * sample_rate))
+    if end <= start:  # all silence: nothing to keep apart from it
+        return wav
+    margin = int(margin_s * sample_rate)
+    return wav[max(0, start - margin) : min(wav.shape[0], end + margin)]
+
+
 def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | None = None) -> torch.Tensor:
     """Read an audio file (or its bytes) as mono float32 at ``target_rate``; shape (samples,)."""
     name = name or (str(path) if not isinstance(path, bytes) else "<bytes>")

@@ -157,7 +157,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.device = _device(args.device)
     problems: list[str] = []
     utts = read_manifest(args.manifest, strict=args.strict, problems=problems)
-    rec = Recognizer.from_package(load_package(args.model), args.device)
+    pkg = load_package(args.model)
+    rec = Recognizer.from_package(pkg, args.device)
     decoder = make_decoder(args, rec.tokenizer)
     decoded = decode_utterances(rec, decoder, utts, max_frames=args.max_frames, num_workers=args.workers,
                                 keep_log_probs=bool(args.save_emissions), strict=args.strict)
@@ -171,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ids = [u.id for u in utts if u.id in decoded.log_probs]
         texts = {u.id: u.text for u in utts}
         save_emissions(args.save_emissions, ids, [decoded.log_probs[i] for i in ids], [texts[i] for i in ids],
-                       rec.tokenizer.state(), decoded.audio_seconds, 0.04)
+                       rec.tokenizer.state(), decoded.audio_seconds, pkg.frame_shift)
     if not args.no_report:
         from asr.report import write_evaluation_report
 
@@ -209,7 +210,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     meta = {"model": str(args.model), "decoder": args.decoder, "quantized": bool(args.quantize)}
     summary = run(rec, decoder, args.inputs, output_dir=args.output_dir, formats=formats, overwrite=args.overwrite,
                   window=args.window, overlap=args.overlap, batch_size=args.batch_size,
-                  sample_rate=pkg.features.sample_rate, frame_shift=pkg.features.hop_ms / 1000 * 4,
+                  sample_rate=pkg.features.sample_rate, frame_shift=pkg.frame_shift,
                   progress=not args.no_progress, meta=meta, strict=args.strict)
     if args.output_dir:
         print(f"{summary.transcribed} files ({summary.audio_seconds / 60:.1f} min of audio) transcribed to "

@@ -58,6 +58,10 @@ class ModelConfig:
     # on the mini corpus it leaves the CTC blank plateau within ~100 steps where conv2d sat on it for
     # 400+ (see benchmarks/RESULTS.md), and costs less.
     subsample: str = "conv1d"
+    # Time subsampling factor (output frame = stride x hop). conv1d takes any stride; conv1d2 and
+    # conv2d are fixed at 4. Character CTC needs a frame or two per character: fast speech at 15-25
+    # characters/s is tight at 4 (25 frames/s).
+    stride: int = 4
     subsample_channels: int = 32  # conv2d only
     hidden: int = 256  # per direction
     layers: int = 3

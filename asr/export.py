@@ -3,7 +3,8 @@
 ``export_package(MODEL, DIR)`` writes to DIR:
 
 - ``model.ts``: TorchScript of log-mel + CMVN + acoustic model; ``forward(wav (B, S) float32 at 16 kHz,
-  lengths (B,) int64) -> (log_probs (B, T', V), out_lengths (B,))``, blank = 0, 40 ms per output frame;
+  lengths (B,) int64) -> (log_probs (B, T', V), out_lengths (B,))``, blank = 0, ``frame_shift``
+  seconds per output frame (0.04 at the default stride 4);
 - ``tokens.txt``: the token of each id, one a line (line 1 is id 0, the blank);
 - ``export.json``: format, version, sample rate, frame shift, tokenizer kind and the SHA-256 of
   ``model.ts``, which ``load_exported`` checks so a corrupt or truncated export is refused;
@@ -147,7 +148,7 @@ def export_package(package_path: str | Path, out_dir: str | Path, quantize: bool
     tokens_txt = "\n".join(tokens) + "\n"
     meta: dict[str, Any] = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "asr_version": __version__,
-        "sample_rate": pkg.features.sample_rate, "frame_shift": pkg.features.hop_ms / 1000 * 4, "blank": 0,
+        "sample_rate": pkg.features.sample_rate, "frame_shift": pkg.frame_shift, "blank": 0,
         "vocab_size": len(tokens), "tokenizer": pkg.tokenizer.kind, "quantized": quantize,
         "source": str(package_path),
         "source_meta": {k: v for k, v in pkg.meta.items() if k in ("epoch", "step", "dev_wer")},

@@ -37,6 +37,11 @@ class ModelPackage:
     tokenizer: Tokenizer
     meta: dict[str, Any]
 
+    @property
+    def frame_shift(self) -> float:
+        """Seconds per output frame: the feature hop times the model's time subsampling."""
+        return self.features.hop_ms / 1000 * self.model.cfg.stride
+
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.

@@ -94,7 +94,8 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     tokenized are dropped and counted, so they never produce an infinite loss.
     """
     wav_len = batch["lengths"]
-    out_len = subsampled_lengths(frame_lengths(wav_len, frontend.logmel.cfg))
+    stride = getattr(model, "module", model).cfg.stride  # model may be wrapped in DDP
+    out_len = subsampled_lengths(frame_lengths(wav_len, frontend.logmel.cfg), stride)
     keep, targets = [], []
     for i, text in enumerate(batch["texts"]):
         uid = batch["ids"][i]
@@ -446,8 +447,16 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 continue
             gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
             opt.step()
+            elapsed = time.time() - t_start
+            if dd.world > 1 and tc.max_minutes > 0:
+                # Every rank must see the same clock: the LR paced by time has to be identical on all
+                # replicas (or their weights drift apart), and all must stop after the same step (or
+                # one waits forever in an all-reduce the others never join).
+                clock = torch.tensor([elapsed], dtype=torch.float64, device=dev_t)
+                dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+                elapsed = clock.item()
             if tc.schedule_by_time and tc.max_minutes > 0:
-                pace["time_frac"] = (time.time() - t_start) / (tc.max_minutes * 60)
+                pace["time_frac"] = elapsed / (tc.max_minutes * 60)
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -463,7 +472,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", x=rec["audio_x"])
             if tc.save_every_steps and step % tc.save_every_steps == 0:
                 checkpoint(epoch, batch_pos)
-            if time.time() > deadline:
+            if t_start + elapsed > deadline:
                 stopped_early = True
                 log.info("max_minutes=%.1f reached; stopping after step %d", tc.max_minutes, step)
                 break

@@ -37,7 +37,6 @@ from asr.text import BLANK, Tokenizer
 
 log = logging.getLogger(__name__)
 
-SUBSAMPLING = 4  # output frames of the acoustic model per 4 feature frames (two stride-2 convolutions)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
                   ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc", ".htk", ".wve", ".mat", ".sd2", ".paf"}
 LIST_SUFFIXES = {".txt", ".lst", ".list"}

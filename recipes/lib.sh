@@ -27,3 +27,16 @@ tolerate_skips() {
   "$@" || rc=$?
   [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || return "$rc"
 }
+
+# cpu_train NPROC ARGS...: `asr train ARGS` on the CPU as NPROC single-threaded data-parallel
+# processes (torchrun, gloo). A CPU LSTM step gains little from a second thread, so two processes
+# of one thread train about 1.5x faster than one process of two (benchmarks/RESULTS.md). Each
+# process takes train.max_frames per batch: divide a global batch by NPROC.
+cpu_train() {
+  local n=$1; shift
+  if [ "$n" -le 1 ]; then
+    asr train --device cpu "$@" train.threads=1
+  else
+    torchrun --standalone --nproc_per_node="$n" -m asr train --device cpu "$@" train.threads=1
+  fi
+}

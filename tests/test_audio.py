@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.audio import AudioError, audio_duration, load_audio, to_mono_16k
+from asr.audio import AudioError, audio_duration, load_audio, to_mono_16k, trim_silence
 from tests.conftest import int16_roundtrip, signal, write_audio
 
 
@@ -125,3 +125,19 @@ def test_nan_samples_are_refused():
     data[10] = np.nan
     with pytest.raises(AudioError, match="clip.wav"):
         to_mono_16k(data, 16000, name="clip.wav")
+
+
+def test_trim_silence_cuts_the_quiet_ends_and_keeps_a_margin():
+    sr = 16000
+    t = torch.arange(sr) / sr
+    tone = 0.5 * torch.sin(2 * math.pi * 300 * t)
+    quiet = 1e-4 * torch.randn(sr // 2)  # 0.5 s at -74 dB: below 40 dB under the tone
+    wav = torch.cat([quiet, tone, quiet])
+    out = trim_silence(wav, sr, top_db=40, margin_s=0.1)
+    # the whole tone survives, plus about 0.1 s on each side (trim works in 10 ms hops)
+    assert 1.15 * sr <= out.shape[0] <= 1.25 * sr
+    start = int(torch.nonzero(out.abs() > 0.1)[0])
+    assert 0.08 * sr <= start <= 0.13 * sr
+    # silence alone, or audio without quiet ends, is left as it is
+    assert torch.equal(trim_silence(torch.zeros(sr), sr), torch.zeros(sr))
+    assert trim_silence(tone, sr).shape[0] >= sr - 400

@@ -111,3 +111,22 @@ def test_torchrun_two_processes_train_without_hang(tmp_path):
     assert (exp / "model.pt").is_file() and (exp / "ckpt" / "state.pt").is_file()
     epochs = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines() if "train_loss" in line]
     assert [e["epoch"] for e in epochs] == [1, 2]  # one writer (rank 0), one record per epoch
+
+
+def test_torchrun_time_budget_stops_every_rank_at_the_same_step(tmp_path):
+    """train.max_minutes under torchrun: the ranks agree on the clock (max over ranks), so all stop
+    after the same step and none is left waiting in an all-reduce; the time-paced LR is the same."""
+    shards = make_shards(tmp_path, 40, 4)
+    exp = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(32000 + os.getpid() % 1000), "-m", "asr", "train", "--train", *shards, "--dev",
+           str(tmp_path / "dev.jsonl"), "--exp", str(exp), "--device", "cpu", "model.hidden=16", "model.layers=1",
+           "train.epochs=200", "train.max_minutes=0.05", "train.schedule_by_time=true", "train.max_frames=600",
+           "train.num_workers=0", "train.cmvn_utts=8", "train.warmup_steps=2", "train.log_every=1", "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reached; stopping after step" in proc.stderr
+    summary = json.loads((exp / "train_summary.json").read_text())
+    assert 0 < summary["epochs"] < 200
+    assert (exp / "model.pt").is_file()

@@ -53,7 +53,7 @@ def test_log_probs_are_normalised(tiny_model_cfg):
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("front", ["conv1d", "conv2d"])
+@pytest.mark.parametrize("front", ["conv1d", "conv1d2", "conv2d"])
 @pytest.mark.parametrize("short", [37, 38, 40, 1])
 def test_padding_does_not_change_the_result(tiny_model_cfg, short, front):
     """An utterance alone and the same utterance zero-padded in a batch with a longer one (eval mode)."""
@@ -81,7 +81,7 @@ def test_batch_of_three_equals_three_batches_of_one(tiny_model_cfg):
             torch.testing.assert_close(batch[i, : int(n[0])], one[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("front", ["conv1d", "conv2d"])
+@pytest.mark.parametrize("front", ["conv1d", "conv1d2", "conv2d"])
 def test_conv_front_end_zeroes_frames_beyond_each_length(tiny_model_cfg, front):
     model = make_model(dataclasses.replace(tiny_model_cfg, subsample=front))
     feats, lens = padded([torch.randn(9, N_MELS), torch.randn(40, N_MELS)])
@@ -91,6 +91,26 @@ def test_conv_front_end_zeroes_frames_beyond_each_length(tiny_model_cfg, front):
     pad = x[0, int(out_len[0]):]
     assert pad.shape[0] > 0 and not pad.any()
     assert x[1].abs().sum(-1).gt(0).all()
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4, 5])
+def test_conv1d_stride_gives_ceil_t_over_stride_frames_and_padding_stays_out(tiny_model_cfg, stride):
+    model = make_model(dataclasses.replace(tiny_model_cfg, subsample="conv1d", stride=stride))
+    torch.manual_seed(3)
+    a, b = torch.randn(29, N_MELS), torch.randn(64, N_MELS)
+    with torch.no_grad():
+        alone, alone_len = model(a[None], torch.tensor([29]))
+        both, both_len = model(*padded([b, a]))
+    assert both_len.tolist() == [math.ceil(64 / stride), math.ceil(29 / stride)]
+    assert both.shape[1] == math.ceil(64 / stride) and int(alone_len[0]) == math.ceil(29 / stride)
+    torch.testing.assert_close(both[1, : int(alone_len[0])], alone[0], atol=1e-5, rtol=1e-5)
+    for t in range(1, 40):
+        assert int(subsampled_lengths(torch.tensor([t]), stride)) == math.ceil(t / stride)
+
+
+def test_stride_other_than_4_needs_conv1d(tiny_model_cfg):
+    with pytest.raises(ValueError, match="stride"):
+        make_model(dataclasses.replace(tiny_model_cfg, subsample="conv2d", stride=3))
 
 
 def test_unknown_front_end_is_refused(tiny_model_cfg):

@@ -125,3 +125,18 @@ def test_flipped_bytes_inside_the_file_are_refused(saved):
     path.write_bytes(bytes(data))
     with pytest.raises(PackageError, match="corrupt"):
         load_package(path)
+
+
+@pytest.mark.parametrize("stride", [3, 4])
+def test_frame_shift_follows_the_model_stride(tmp_path, stride):
+    """Timestamps, LM tuning and exports take seconds per output frame from the package."""
+    tok = CharTokenizer()
+    model = AcousticModel(ModelConfig(hidden=16, layers=1, stride=stride), N_MELS, tok.vocab_size)
+    save_package(tmp_path / "m.pt", model, FeatureConfig(n_mels=N_MELS, hop_ms=10.0), torch.zeros(N_MELS),
+                 torch.ones(N_MELS), tok)
+    pkg = load_package(tmp_path / "m.pt")
+    assert pkg.model.cfg.stride == stride
+    assert pkg.frame_shift == pytest.approx(0.01 * stride)
+    with torch.no_grad():
+        _, out_len = pkg.model(torch.randn(1, 60, N_MELS), torch.tensor([60]))
+    assert int(out_len[0]) == -(-60 // stride)

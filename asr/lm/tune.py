@@ -36,9 +36,8 @@ def compute_emissions(model: str | Path, manifest: str | Path, device: str = "cp
     kept = [u for u in utts if u.id in decoded.log_probs]
     if not kept:
         raise ValueError(f"{manifest}: no utterance could be decoded")
-    frame_shift = pkg.features.hop_ms / 1000 * 4  # the model subsamples time 4x
     return Emissions([u.id for u in kept], [decoded.log_probs[u.id] for u in kept], [u.text for u in kept],
-                     rec.tokenizer.state(), decoded.audio_seconds, frame_shift)
+                     rec.tokenizer.state(), decoded.audio_seconds, pkg.frame_shift)
 
 
 def cached_emissions(cache: str | Path | None, model: str | Path | None = None, manifest: str | Path | None = None,

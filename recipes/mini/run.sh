@@ -4,7 +4,7 @@
 # on test voices and sentences never seen in training.
 #
 #   bash recipes/mini/run.sh [--stage N] [--stop-stage M] [--num-train N] [--epochs E] [--seed S]
-#                            [--train-minutes M] [--beam-size K]
+#                            [--train-minutes M] [--beam-size K] [--jobs N] [--train-procs P]
 #
 # Writes data/mini/ (corpus, manifests, shards) and exp/mini/ (model.pt, results.json, logs).
 # A stage that finished leaves exp/mini/.done.<stage> holding its options; it is skipped next time
@@ -21,6 +21,7 @@ num_test=200
 epochs=40  # an upper bound: --train-minutes ends training (and paces the LR decay)
 seed=0
 jobs=$(nproc)
+train_procs=0  # training processes (0: one per core, at most 4)
 train_minutes=9
 beam_size=16
 force=0
@@ -38,6 +39,8 @@ while [ $# -gt 0 ]; do
     --seed) seed=$2; shift 2 ;;
     --train-minutes) train_minutes=$2; shift 2 ;;
     --beam-size) beam_size=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    --train-procs) train_procs=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
     --force) force=1; shift ;;
@@ -45,8 +48,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 mkdir -p "$exp"
+# More than a few processes would cut the 10,000-frame batch into slivers.
+[ "$train_procs" -gt 0 ] || train_procs=$(( jobs < 4 ? jobs : 4 ))
 
-# run_stage and tolerate_skips
+# run_stage, tolerate_skips and cpu_train
 source "recipes/lib.sh"
 
 stage0() {  # synthesize the corpus (train voices; test voices and sentences unseen in training)
@@ -61,10 +66,11 @@ stage2() {  # training manifest -> webdataset shards, in shuffled order: the man
             # the model a few voices at a time
   tolerate_skips asr shard "$data/train.jsonl" -o "$data/shards" --split train --max-per-shard 500 --shuffle "$seed"
 }
-stage3() {  # train on the CPU; the best dev-WER model is exp/mini/model.pt
+stage3() {  # train on the CPU, one single-threaded process per core, batches of 10,000 frames
+            # in all; the best dev-WER model is exp/mini/model.pt
   rm -rf "$exp/ckpt" "$exp/train_log.jsonl"
-  tolerate_skips asr train --config conf/mini.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" --exp "$exp" \
-    --device cpu train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes"
+  tolerate_skips cpu_train "$train_procs" --config conf/mini.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" \
+    --exp "$exp" train.max_frames=$((10000 / train_procs)) train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes"
 }
 stage4() {  # greedy decoding of the test split; exp/mini/results.json
   tolerate_skips asr evaluate "$exp/model.pt" "$data/test.jsonl" --decoder greedy --device cpu --out "$exp/decode/test-greedy" \
@@ -86,7 +92,7 @@ stage5() {  # beam search + word 3-gram LM: LM from the corpus text (dev/test se
 run_stage 0 "n=$num_train/$num_dev/$num_test seed=$seed" stage0
 run_stage 1 "n=$num_train/$num_dev/$num_test seed=$seed" stage1
 run_stage 2 "n=$num_train seed=$seed" stage2
-run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes conf=$(cksum < conf/mini.yaml)" stage3
+run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes procs=$train_procs conf=$(cksum < conf/mini.yaml)" stage3
 run_stage 4 "greedy" stage4
 run_stage 5 "beam=$beam_size" stage5
 
