@@ -23,6 +23,9 @@ class FeatureConfig:
     win_ms: float = 25.0
     hop_ms: float = 10.0
     n_fft: int = 512
+    # Highest mel band edge in Hz (0: half the sample rate). Speech recorded at 8 kHz (FSDD,
+    # telephone) has nothing above 4 kHz: bands up there hold only the resampler's noise floor.
+    f_max: float = 0.0
     # Subtract each utterance's mean log-mel before the global CMVN: removes the recording level
     # and microphone colouring, which a corpus of a few speakers (FSDD) cannot teach the model to
     # ignore. The mean is over the utterance (or the transcription window) alone.

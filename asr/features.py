@@ -37,6 +37,7 @@ class LogMel(nn.Module):
             win_length=int(cfg.sample_rate * cfg.win_ms / 1000),
             hop_length=int(cfg.sample_rate * cfg.hop_ms / 1000),
             n_mels=cfg.n_mels,
+            f_max=cfg.f_max or None,
             power=2.0,
             center=True,
             pad_mode="constant",

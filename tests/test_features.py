@@ -182,3 +182,17 @@ def test_utterance_cmn_removes_the_recording_level_and_ignores_padding():
     torch.testing.assert_close(padded[:, : int(n[0])], quiet)
     plain, _ = LogMel(FeatureConfig())(wav, torch.tensor([8000]))
     assert not torch.allclose(plain, quiet)
+
+
+def test_f_max_puts_every_band_below_it():
+    """f_max=4000: no mel band takes any energy from above 4 kHz (8 kHz recordings have none)."""
+    freqs = torch.linspace(0, 8000, 257)  # the n_fft=512 bins at 16 kHz
+    low = LogMel(FeatureConfig(n_mels=40, f_max=4000.0)).mel.mel_scale.fb  # (257, 40)
+    full = LogMel(FeatureConfig(n_mels=40)).mel.mel_scale.fb
+    assert low[freqs > 4000].abs().sum() == 0 and low[freqs < 4000].sum(0).gt(0).all()
+    assert full[freqs > 4000].sum() > 0
+    # a 3 kHz tone lands in a band of the upper quarter of the range with f_max=4000, in the lower half without
+    t = torch.arange(16000) / 16000
+    tone = 0.3 * torch.sin(2 * torch.pi * 3000 * t)
+    assert int(log_mel(tone, FeatureConfig(n_mels=40, f_max=4000.0)).mean(0).argmax()) >= 30
+    assert int(log_mel(tone, FeatureConfig(n_mels=40)).mean(0).argmax()) < 30

@@ -5,6 +5,7 @@
 #
 #   bash recipes/mini/run.sh [--stage N] [--stop-stage M] [--num-train N] [--epochs E] [--seed S]
 #                            [--train-minutes M] [--beam-size K] [--jobs N] [--train-procs P]
+#                            [-- CONFIG_OVERRIDES...]
 #
 # Writes data/mini/ (corpus, manifests, shards) and exp/mini/ (model.pt, results.json, logs).
 # A stage that finished leaves exp/mini/.done.<stage> holding its options; it is skipped next time
@@ -27,6 +28,7 @@ beam_size=16
 force=0
 data=data/mini
 exp=exp/mini
+overrides=()
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,6 +46,7 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
     --force) force=1; shift ;;
+    --) shift; overrides+=("$@"); break ;;   # the rest: config overrides for asr train
     *) echo "unknown option $1" >&2; exit 1 ;;
   esac
 done
@@ -70,7 +73,8 @@ stage3() {  # train on the CPU, one single-threaded process per core, batches of
             # in all; the best dev-WER model is exp/mini/model.pt
   rm -rf "$exp/ckpt" "$exp/train_log.jsonl"
   tolerate_skips cpu_train "$train_procs" --config conf/mini.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" \
-    --exp "$exp" train.max_frames=$((10000 / train_procs)) train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes"
+    --exp "$exp" train.max_frames=$((10000 / train_procs)) train.epochs="$epochs" train.seed="$seed" train.max_minutes="$train_minutes" \
+    "${overrides[@]}"
 }
 stage4() {  # greedy decoding of the test split; exp/mini/results.json
   tolerate_skips asr evaluate "$exp/model.pt" "$data/test.jsonl" --decoder greedy --device cpu --out "$exp/decode/test-greedy" \
@@ -92,7 +96,7 @@ stage5() {  # beam search + word 3-gram LM: LM from the corpus text (dev/test se
 run_stage 0 "n=$num_train/$num_dev/$num_test seed=$seed" stage0
 run_stage 1 "n=$num_train/$num_dev/$num_test seed=$seed" stage1
 run_stage 2 "n=$num_train seed=$seed" stage2
-run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes procs=$train_procs conf=$(cksum < conf/mini.yaml)" stage3
+run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes procs=$train_procs conf=$(cksum < conf/mini.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
 run_stage 5 "beam=$beam_size" stage5
 
