@@ -55,15 +55,15 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # 4x time subsampling in front of the LSTMs. "conv1d": one strided convolution over time
-    # (kernel 7, stride 4, mel bins as channels, no nonlinearity); "conv2d": two stride-2 3x3 ReLU
+    # Time subsampling in front of the LSTMs. "conv1d": one strided convolution over time
+    # (kernel 2 x stride - 1, mel bins as channels, no nonlinearity); "conv2d": two stride-2 3x3 ReLU
     # convolutions over (time, mel) with ``subsample_channels`` channels. conv1d is the default:
     # on the mini corpus it leaves the CTC blank plateau within ~100 steps where conv2d sat on it for
     # 400+ (see benchmarks/RESULTS.md), and costs less.
     subsample: str = "conv1d"
-    # Time subsampling factor (output frame = stride x hop). conv1d takes any stride; conv1d2 and
-    # conv2d are fixed at 4. Character CTC needs a frame or two per character: fast speech at 15-25
-    # characters/s is tight at 4 (25 frames/s).
+    # Time subsampling factor (output frame = stride x hop). conv1d takes any stride; conv2d is
+    # fixed at 4. Character CTC wants more than one frame per character: fast speech at 15-25
+    # characters a second is tight at 4 (25 frames a second); conf/mini.yaml uses 3.
     stride: int = 4
     subsample_channels: int = 32  # conv2d only
     hidden: int = 256  # per direction

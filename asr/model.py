@@ -1,4 +1,4 @@
-"""Acoustic model: convolutional 4x time subsampling -> N x BiLSTM -> linear CTC head.
+"""Acoustic model: convolutional time subsampling (4x by default) -> N x BiLSTM -> linear CTC head.
 
 ``AcousticModel.forward(feats (B, T, F), lengths (B,)) -> (log_probs (B, T', V), out_lengths (B,))``
 with T' = ceil(T / stride) (``model.stride``, 4 by default). Padding never changes a result: conv outputs beyond each length are zeroed
@@ -72,26 +72,6 @@ class Conv1dSubsampling(nn.Module):
         return x * length_mask(lengths, x.shape[1])[..., None], lengths
 
 
-class Conv1dStackSubsampling(nn.Module):
-    """Two stride-2 convolutions over time (kernel 5, mel bins as input channels), each followed by
-    a ReLU: a small nonlinear acoustic front end in front of the LSTMs, at about a tenth of their cost."""
-
-    def __init__(self, n_mels: int, out_dim: int):
-        super().__init__()
-        self.conv1 = nn.Conv1d(n_mels, out_dim, kernel_size=5, stride=2, padding=2)
-        self.conv2 = nn.Conv1d(out_dim, out_dim, kernel_size=5, stride=2, padding=2)
-
-    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """feats (B, T, F) -> (B, ceil(T/4), out_dim) zero beyond each length, lengths (B,) -> (B,)."""
-        x = feats.transpose(1, 2)
-        for conv in (self.conv1, self.conv2):
-            x = torch.relu(conv(x))
-            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
-            # zero the padding so it never leaks into valid frames through the next kernel
-            x = x * length_mask(lengths, x.shape[2])[:, None, :].to(x.dtype)
-        return x.transpose(1, 2), lengths
-
-
 class AcousticModel(nn.Module):
     def __init__(self, cfg: ModelConfig, n_mels: int, vocab_size: int):
         super().__init__()
@@ -102,12 +82,10 @@ class AcousticModel(nn.Module):
             raise ValueError(f"model.stride={cfg.stride}: conv1d takes any stride >= 1, {cfg.subsample} only 4")
         if cfg.subsample == "conv1d":
             self.subsample = Conv1dSubsampling(n_mels, cfg.hidden, cfg.stride)
-        elif cfg.subsample == "conv1d2":
-            self.subsample = Conv1dStackSubsampling(n_mels, cfg.hidden)
         elif cfg.subsample == "conv2d":
             self.subsample = ConvSubsampling(n_mels, cfg.subsample_channels, cfg.hidden)
         else:
-            raise ValueError(f"model.subsample={cfg.subsample!r}: expected 'conv1d', 'conv1d2' or 'conv2d'")
+            raise ValueError(f"model.subsample={cfg.subsample!r}: expected 'conv1d' or 'conv2d'")
         self.lstm = nn.LSTM(
             input_size=cfg.hidden,
             hidden_size=cfg.hidden,
