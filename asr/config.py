@@ -41,6 +41,9 @@ class SpecAugConfig:
     time_masks: int = 5
     time_width: int = 20
     time_width_frac: float = 0.05  # no time mask wider than this fraction of the utterance
+    # Vocal-tract-length-style warp: each utterance's mel axis is stretched by a random factor in
+    # [1 - freq_warp, 1 + freq_warp] (0: off), so a few training speakers stand for more voices.
+    freq_warp: float = 0.0
 
 
 @dataclass(frozen=True)

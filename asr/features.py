@@ -106,7 +106,8 @@ class CMVNAccumulator:
 
 
 def spec_augment(feats: Tensor, lengths: Tensor, cfg: SpecAugConfig, generator: torch.Generator | None = None) -> Tensor:
-    """Random frequency and time masks, drawn per utterance, set to zero (the CMVN mean).
+    """Random frequency warp (``cfg.freq_warp``), then frequency and time masks, drawn per
+    utterance; masks are set to zero (the CMVN mean).
 
     feats (B, T, F) normalised features; lengths (B,) -> (B, T, F).
     """
@@ -115,6 +116,16 @@ def spec_augment(feats: Tensor, lengths: Tensor, cfg: SpecAugConfig, generator: 
 
     def rand(*shape: int) -> Tensor:
         return torch.rand(*shape, generator=generator).to(dev)
+
+    if cfg.freq_warp > 0:
+        # band k takes the value at k * alpha (linear interpolation; past the top band, the top band)
+        alpha = 1 + (2 * rand(B) - 1) * cfg.freq_warp
+        src = (torch.arange(F, device=dev)[None, :] * alpha[:, None]).clamp(max=F - 1)  # (B, F)
+        lo = src.floor().long()
+        hi = (lo + 1).clamp(max=F - 1)
+        w = (src - lo).to(feats.dtype)[:, None, :]
+        feats = (feats.gather(2, lo[:, None, :].expand(B, T, F)) * (1 - w)
+                 + feats.gather(2, hi[:, None, :].expand(B, T, F)) * w)
 
     keep = torch.ones(B, T, F, dtype=torch.bool, device=dev)
     if cfg.freq_masks > 0 and cfg.freq_width > 0:

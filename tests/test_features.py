@@ -196,3 +196,20 @@ def test_f_max_puts_every_band_below_it():
     tone = 0.3 * torch.sin(2 * torch.pi * 3000 * t)
     assert int(log_mel(tone, FeatureConfig(n_mels=40, f_max=4000.0)).mean(0).argmax()) >= 30
     assert int(log_mel(tone, FeatureConfig(n_mels=40)).mean(0).argmax()) < 30
+
+
+def test_freq_warp_moves_a_band_by_the_drawn_factor_and_leaves_padding_alone():
+    B, T, F = 64, 7, 40
+    feats = torch.zeros(B, T, F)
+    feats[:, :5, 20] = 1.0  # one active band; frames 5 and 6 are padding
+    lengths = torch.full((B,), 5)
+    cfg = SpecAugConfig(freq_masks=0, time_masks=0, freq_warp=0.2)
+    out = spec_augment(feats, lengths, cfg, generator=torch.Generator().manual_seed(0))
+    peak = out[:, 0].argmax(-1).float()  # where band 20's energy went: about 20 / alpha
+    assert peak.min() >= 20 / 1.2 - 1 and peak.max() <= 20 / 0.8 + 1
+    assert peak.unique().numel() > 3  # drawn per utterance
+    energy = out[:, :5].sum(-1)  # a band stretched by 1/alpha covers about 1/alpha bands
+    assert energy.min() > 1 / 1.2 - 0.1 and energy.max() < 1 / 0.8 + 0.1
+    assert not out[:, 5:].any()
+    same = spec_augment(feats, lengths, SpecAugConfig(freq_masks=0, time_masks=0, freq_warp=0.0))
+    assert torch.equal(same, feats)
