@@ -3,7 +3,7 @@
 # manifests -> shards -> a small BiLSTM-CTC trained on the CPU -> greedy (and beam + LM) WER
 # on test voices and sentences never seen in training.
 #
-#   bash recipes/mini/run.sh [--stage N] [--stop-stage M] [--num-train N] [--epochs E] [--seed S]
+#   bash recipes/mini/run.sh [--stage N] [--stop-stage M] [--num-train N] [--train-voices V] [--epochs E] [--seed S]
 #                            [--train-minutes M] [--beam-size K] [--jobs N] [--train-procs P]
 #                            [-- CONFIG_OVERRIDES...]
 #
@@ -16,14 +16,15 @@ cd "$(dirname "$0")/../.."
 
 stage=0
 stop_stage=100
-num_train=12000
+num_train=20000
+train_voices=90
 num_dev=100
 num_test=200
 epochs=40  # an upper bound: --train-minutes ends training (and paces the LR decay)
 seed=0
 jobs=$(nproc)
 train_procs=0  # training processes (0: one per core, at most 4)
-train_minutes=11
+train_minutes=10
 beam_size=16
 force=0
 data=data/mini
@@ -35,6 +36,7 @@ while [ $# -gt 0 ]; do
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
     --num-train) num_train=$2; shift 2 ;;
+    --train-voices) train_voices=$2; shift 2 ;;
     --num-dev) num_dev=$2; shift 2 ;;
     --num-test) num_test=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
@@ -59,7 +61,8 @@ source "recipes/lib.sh"
 
 stage0() {  # synthesize the corpus (train voices; test voices and sentences unseen in training)
   rm -rf "$data/corpus"
-  tolerate_skips asr synth "$data/corpus" --num-train "$num_train" --num-dev "$num_dev" --num-test "$num_test" --seed "$seed" --jobs "$jobs"
+  tolerate_skips asr synth "$data/corpus" --num-train "$num_train" --num-dev "$num_dev" --num-test "$num_test" \
+    --train-voices "$train_voices" --seed "$seed" --jobs "$jobs"
 }
 stage1() {  # LibriSpeech-layout corpus -> manifests
   for split in train dev test; do tolerate_skips asr prepare "$data/corpus/$split" -o "$data/$split.jsonl"; done
@@ -93,8 +96,8 @@ stage5() {  # beam search + word 3-gram LM: LM from the corpus text (dev/test se
     --beam-size "$beam_size" --decode-workers "$jobs" --device cpu --out "$exp/decode/test-beam-lm"
 }
 
-run_stage 0 "n=$num_train/$num_dev/$num_test seed=$seed" stage0
-run_stage 1 "n=$num_train/$num_dev/$num_test seed=$seed" stage1
+run_stage 0 "n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage0
+run_stage 1 "n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage1
 run_stage 2 "n=$num_train seed=$seed" stage2
 run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes procs=$train_procs conf=$(cksum < conf/mini.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
