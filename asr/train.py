@@ -283,6 +283,10 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     if use_bf16 and dev_t.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("train.cpu_bf16: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
         use_bf16 = False
+    if len(train_shards) < dd.world:
+        # A rank without a shard would end every epoch at once for all ranks (they stop together).
+        raise TrainingError(f"{len(train_shards)} training shard(s) for {dd.world} ranks: every rank needs at least "
+                            "one; write more, smaller shards (asr shard --max-per-shard)")
     exp = Path(exp_dir)
     (exp / "ckpt").mkdir(parents=True, exist_ok=True)
     if dd.main:
@@ -315,9 +319,11 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     if state:
         cmvn = (state["cmvn"]["mean"], state["cmvn"]["std"])
     else:
-        cmvn = compute_cmvn(frontend, loader, tc.cmvn_utts, dev_t, strict)
-        if dd.world > 1:  # every rank must normalise identically: take rank 0's statistics
-            stats = torch.stack(cmvn).to(dev_t)
+        if dd.main:
+            cmvn = compute_cmvn(frontend, loader, tc.cmvn_utts, dev_t, strict)
+        if dd.world > 1:  # every rank must normalise identically: rank 0 computes, the others receive
+            n = cfg.features.n_mels
+            stats = torch.stack(cmvn).to(dev_t) if dd.main else torch.zeros(2, n, device=dev_t)
             dist.broadcast(stats, 0)
             cmvn = (stats[0].cpu(), stats[1].cpu())
     frontend.cmvn.set_stats(cmvn[0].to(dev_t), cmvn[1].to(dev_t))

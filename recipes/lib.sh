@@ -40,3 +40,12 @@ cpu_train() {
     torchrun --standalone --nproc_per_node="$n" -m asr train --device cpu "$@" train.threads=1
   fi
 }
+
+# shard_size NUM_UTTS PROCS MAX: utterances per shard so that each of PROCS training processes gets
+# several shards (a process without one cannot train), at most MAX.
+shard_size() {
+  local n=$(( $1 / (4 * $2) ))
+  [ "$n" -ge 1 ] || n=1
+  [ "$n" -le "$3" ] || n=$3
+  echo "$n"
+}

@@ -130,3 +130,15 @@ def test_torchrun_time_budget_stops_every_rank_at_the_same_step(tmp_path):
     summary = json.loads((exp / "train_summary.json").read_text())
     assert 0 < summary["epochs"] < 200
     assert (exp / "model.pt").is_file()
+
+
+def test_fewer_shards_than_ranks_is_a_clear_error(tmp_path):
+    """One shard for two ranks: rank 1 could never train; the run refuses with a one-line reason."""
+    shards = make_shards(tmp_path, 6, 6)  # one shard
+    exp = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(33000 + os.getpid() % 1000), "-m", "asr", "train", "--train", *shards, "--exp", str(exp),
+           "--device", "cpu", "model.hidden=16", "model.layers=1", "train.threads=1", "train.num_workers=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "1 training shard(s) for 2 ranks" in proc.stderr

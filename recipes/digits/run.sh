@@ -73,15 +73,17 @@ stage1() {  # training manifest -> speed-perturbed / noisy copies (+ synthetic d
   tolerate_skips asr augment "$data/train.jsonl" -o "$data/train_aug.jsonl" --audio-dir "$data/aug" --speeds $speeds \
     --noise-prob "$noise_prob" --synth-digits "$synth" --seed "$seed" --jobs "$jobs"
 }
+train_procs() { echo $(( jobs < 4 ? jobs : 4 )); }  # training processes: one per core, at most 4
 stage2() {  # training manifest -> webdataset shards
   # Shuffled: the manifest is sorted by speaker and digit, and training mixes only within its
   # shuffle buffer, so unshuffled shards give batches of one speaker saying one digit.
-  tolerate_skips asr shard "$data/train_aug.jsonl" -o "$data/shards" --split train --max-per-shard 1000 --shuffle "$seed"
+  tolerate_skips asr shard "$data/train_aug.jsonl" -o "$data/shards" --split train \
+    --max-per-shard "$(shard_size "$(wc -l < "$data/train_aug.jsonl")" "$(train_procs)" 1000)" --shuffle "$seed"
 }
 stage3() {  # train on the CPU, one single-threaded process per core (at most 4), batches of
             # 12,000 frames in all; the best dev-WER model is $exp/model.pt
   rm -rf "$exp/ckpt" "$exp/train_log.jsonl" "$exp/model.pt"
-  local procs=$(( jobs < 4 ? jobs : 4 ))
+  local procs; procs=$(train_procs)
   tolerate_skips cpu_train "$procs" --config conf/digits.yaml --train "$data/shards/train.index.json" --dev "$data/dev.jsonl" \
     --exp "$exp" train.max_frames=$((12000 / procs)) train.epochs="$epochs" train.seed="$seed" \
     train.max_minutes="$train_minutes" "${overrides[@]}"
@@ -95,7 +97,7 @@ stage4() {  # greedy decoding of the test speaker, isolated and connected
 
 run_stage 0 "fsdd=$fsdd test=$test_speaker dev=$dev_speaker n=$num_connected/$num_eval_connected seed=$seed" stage0
 run_stage 1 "speeds=$speeds noise=$noise_prob synth=$synth seed=$seed" stage1
-run_stage 2 "shuffle seed=$seed" stage2
+run_stage 2 "shuffle seed=$seed procs=$(train_procs)" stage2
 run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes jobs=$jobs conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
 

@@ -70,7 +70,8 @@ stage1() {  # LibriSpeech-layout corpus -> manifests
 stage2() {  # training manifest -> webdataset shards, in shuffled order: the manifest is sorted by
             # speaker and training mixes only within its shuffle buffer, so sorted shards would feed
             # the model a few voices at a time
-  tolerate_skips asr shard "$data/train.jsonl" -o "$data/shards" --split train --max-per-shard 500 --shuffle "$seed"
+  tolerate_skips asr shard "$data/train.jsonl" -o "$data/shards" --split train \
+    --max-per-shard "$(shard_size "$(wc -l < "$data/train.jsonl")" "$train_procs" 500)" --shuffle "$seed"
 }
 stage3() {  # train on the CPU, one single-threaded process per core, batches of 10,000 frames
             # in all; the best dev-WER model is exp/mini/model.pt
@@ -98,7 +99,7 @@ stage5() {  # beam search + word 3-gram LM: LM from the corpus text (dev/test se
 
 run_stage 0 "n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage0
 run_stage 1 "n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage1
-run_stage 2 "n=$num_train seed=$seed" stage2
+run_stage 2 "n=$num_train seed=$seed procs=$train_procs" stage2
 run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes procs=$train_procs conf=$(cksum < conf/mini.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
 run_stage 5 "beam=$beam_size" stage5
