@@ -1,10 +1,11 @@
 """Acoustic model: convolutional time subsampling (4x by default) -> N x BiLSTM -> linear CTC head.
 
 ``AcousticModel.forward(feats (B, T, F), lengths (B,)) -> (log_probs (B, T', V), out_lengths (B,))``
-with T' = ceil(T / stride) (``model.stride``, 4 by default). Padding never changes a result: conv outputs beyond each length are zeroed
-before the next layer, and the LSTM never lets a padded frame reach a valid one. On the GPU it runs
-on packed sequences (cuDNN's fast path). On the CPU, PyTorch's packed LSTM leaves its fast oneDNN path
-and is about 1.7x slower than the padded one, so there each direction of each layer runs padded:
+with T' = ceil(T / stride) (``model.stride``, 4 by default). Padding never changes a result: conv
+outputs beyond each length are zeroed before the next layer, and the LSTM never lets a padded frame
+reach a valid one. On the GPU it runs on packed sequences (cuDNN's fast path). On the CPU, PyTorch's
+packed LSTM leaves its fast oneDNN path and is about 1.7x slower than the padded one, so there each
+direction of each layer runs padded:
 the forward one as is (padding comes after the valid frames), the backward one over each sequence
 reversed within its length; outputs past each length are zeroed. Both paths use the same weights.
 """
