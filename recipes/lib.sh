@@ -30,7 +30,7 @@ tolerate_skips() {
 
 # cpu_train NPROC ARGS...: `asr train ARGS` on the CPU as NPROC single-threaded data-parallel
 # processes (torchrun, gloo). A CPU LSTM step gains little from a second thread, so two processes
-# of one thread train about 1.5x faster than one process of two (benchmarks/RESULTS.md). Each
+# of one thread train about 1.4x faster than one process of two (benchmarks/RESULTS.md). Each
 # process takes train.max_frames per batch: divide a global batch by NPROC.
 cpu_train() {
   local n=$1; shift
