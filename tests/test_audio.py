@@ -55,6 +55,17 @@ def test_other_rates_are_resampled_to_16k_with_the_right_length(tmp_path, rate, 
     assert float(wav.pow(2).mean()) == pytest.approx(float(np.mean(data.astype(np.float64) ** 2)), rel=0.1)
 
 
+@pytest.mark.parametrize("rate", [22050, 8000, 44100])
+def test_cached_resampler_gives_torchaudio_functional_samples(rate):
+    """to_mono_16k keeps one resampler per rate pair; its samples equal torchaudio.functional.resample's
+    exactly (the exported script resamples with the latter and must transcribe alike)."""
+    import torchaudio.functional as AF
+
+    x = signal(0.7, rate=rate, seed=rate)
+    for _ in range(2):  # first call builds the kernel, second reuses it
+        assert torch.equal(to_mono_16k(x, rate), AF.resample(torch.from_numpy(x), rate, 16000))
+
+
 def test_resampled_tone_keeps_its_frequency(tmp_path):
     rate = 44100
     t = np.arange(rate) / rate

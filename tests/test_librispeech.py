@@ -1,6 +1,11 @@
 """asr.data.librispeech on a miniature corpus in LibriSpeech's exact layout; asr.data.synth's text and voices."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 
 from asr.data.librispeech import prepare_librispeech
@@ -138,3 +143,45 @@ def test_train_voices_never_use_a_test_voice_variant():
     assert not any(v.engine == "flite" and v.name == "rms" for v in voices)
     assert train_voices(40, test, seed=3) == voices, "the same seed gives the same speakers"
     assert all(v.engine == "espeak" for v in train_voices(10, test, seed=3, use_flite=False))
+
+
+# --- espeak-ng through its library (asr.data.espeak) --------------------------------------------------
+
+ESPEAK_PROBE = """
+import io, subprocess, sys, numpy as np, soundfile as sf
+from asr.data import espeak
+text = "-- Why would you say that? I am a man who walks."
+for voice in sys.argv[1:]:
+    lib = espeak.engine().speak(text, voice, 150, 60)
+    cli = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-p", "60", "--stdout"], input=text.encode(),
+                         capture_output=True, check=True).stdout
+    cli = sf.read(io.BytesIO(cli), dtype="int16")[0]
+    # the program pads the end with silence the library leaves out
+    ok = len(lib) <= len(cli) and np.array_equal(lib, cli[:len(lib)]) and not cli[len(lib):].any()
+    print(voice, "same" if ok else f"differs: {len(lib)} vs {len(cli)} samples")
+"""
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@pytest.mark.parametrize("voice", ["en-us+m3", "en-gb+f2", "en-gb-x-rp+klatt"])
+def test_espeak_library_speaks_as_the_program_does(voice):
+    """The first sentence of a fresh process is sample for sample the program's (en-gb is a
+    language, not a voice name: the library must fall back as the program does)."""
+    out = subprocess.run([sys.executable, "-c", ESPEAK_PROBE, voice], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"{voice} same"
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_espeak_library_keeps_utterances_apart_and_rejects_unknown_voices():
+    """Nothing of one sentence leaks into the next: a short sentence after a long one is as long
+    as before (within the engine's small random jitter); an unknown voice is a clear error."""
+    from asr.data import espeak
+    from asr.data.synth import synthesize
+
+    lib = espeak.engine()
+    short = lib.speak("Hello there.", "en-us+m1", 150, 50)
+    lib.speak("I am a man who walks along the river every single day of the year.", "en-gb+f3", 120, 70)
+    again = lib.speak("Hello there.", "en-us+m1", 150, 50)
+    assert abs(len(again) - len(short)) < 0.02 * len(short) and np.abs(again).max() > 1000
+    with pytest.raises(SynthesisError, match="xx-yy"):
+        synthesize(Voice("espeak", "xx-yy+m1"), "Hello there.", 1.0, 1.0)
