@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -331,6 +332,8 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     if state:
         model.load_state_dict(state["model"])
     net = DistributedDataParallel(model, device_ids=[dd.local_rank] if dev_t.type == "cuda" else None) if dd.world > 1 else model
+    if dd.world > 1 and tc.ddp_bf16_grads:
+        net.register_comm_hook(None, bf16_compress_hook)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = estimate_steps_per_epoch(train_shards, tc.max_frames, dd.world, tc.accum_steps)
     total_steps = steps_per_epoch * tc.epochs

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
@@ -130,9 +131,12 @@ def synthesize(voice: Voice, text: str, rate: float, pitch: float) -> tuple:
         lib = espeak.engine()
         if lib is not None:
             try:
-                return lib.speak(text, voice.name, wpm, pitch_0_99).astype("float32") / 32768, lib.sample_rate
+                wav = lib.speak(text, voice.name, wpm, pitch_0_99).astype("float32") / 32768
             except (ValueError, RuntimeError) as e:
                 raise SynthesisError(f"espeak-ng -v {voice.name} failed: {e}") from None
+            # The program ends a sentence with ~0.35 s of silence that the library leaves out; keep
+            # 0.2 s of it, so that trimming leaves the same margin at both ends.
+            return np.concatenate([wav, np.zeros(int(0.2 * lib.sample_rate), wav.dtype)]), lib.sample_rate
         # Text goes through stdin: a sentence starting with '-' would otherwise be read as an option.
         cmd = ["espeak-ng", "-v", voice.name, "-s", str(wpm), "-p", str(pitch_0_99), "--stdout"]
         proc = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=60)
