@@ -185,3 +185,37 @@ def test_espeak_library_keeps_utterances_apart_and_rejects_unknown_voices():
     assert abs(len(again) - len(short)) < 0.02 * len(short) and np.abs(again).max() > 1000
     with pytest.raises(SynthesisError, match="xx-yy"):
         synthesize(Voice("espeak", "xx-yy+m1"), "Hello there.", 1.0, 1.0)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_synthesized_corpus_is_the_same_for_any_number_of_processes(tmp_path, monkeypatch):
+    """libespeak-ng carries state from one sentence to the next, so the audio would depend on which
+    worker rendered what; each chunk of one voice's sentences runs in a fresh worker instead."""
+    import soundfile as sf
+
+    from asr.data import synth
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"The {w} cat sat on the mat today." for w in
+                              ["red", "big", "old", "shy", "fat", "sly", "odd", "wet", "dry", "hot", "tan", "mad", "sad",
+                               "new", "bad", "tall", "small", "calm", "cold", "warm", "kind", "wild", "lost", "lazy",
+                               "young", "proud"]) + "\n")
+    monkeypatch.setattr(synth, "CHUNK", 2)
+    audio = []
+    for jobs in (1, 3):
+        out = tmp_path / f"j{jobs}"
+        synth.make_corpus(out, num_train=24, num_test=2, text_files=[text], num_train_voices=2, seed=5, jobs=jobs,
+                          use_flite=False)
+        files = sorted(out.rglob("*.flac"))
+        assert len(files) == 26
+        audio.append({f.relative_to(out): sf.read(f, dtype="int16")[0] for f in files})
+    assert audio[0].keys() == audio[1].keys()
+    assert all(np.array_equal(audio[0][k], audio[1][k]) for k in audio[0])
+
+
+def test_voice_chunks_keep_each_voice_in_order_and_ignore_the_process_count():
+    from asr.data.synth import voice_chunks
+
+    work = [("a", 0), ("b", 1), ("a", 2), ("a", 3), ("b", 4), ("a", 5), ("a", 6)]
+    assert voice_chunks(work, size=2) == [[("a", 0), ("a", 2)], [("a", 3), ("a", 5)], [("a", 6)], [("b", 1), ("b", 4)]]
+    assert voice_chunks(work, size=3) == [[("a", 0), ("a", 2), ("a", 3)], [("a", 5), ("a", 6)], [("b", 1), ("b", 4)]]

@@ -176,7 +176,7 @@ def synth_digit_strings(num: int, out_dir: str | Path, num_voices: int = 40, min
 
     ``band_limit_hz`` (0: off) removes what lies above it, to match band-limited real recordings.
     """
-    from asr.data.synth import train_voices
+    from asr.data.synth import render_by_voice, train_voices
 
     problems = [] if problems is None else problems
     voices = train_voices(num_voices, [], seed, use_flite)
@@ -190,13 +190,12 @@ def synth_digit_strings(num: int, out_dir: str | Path, num_voices: int = 40, min
         work.append((voice, digits, uid, str(out / f"v{i % len(voices):03d}" / f"{uid}.flac"), rng.randrange(2**31),
                      band_limit_hz))
     made: list[Utterance] = []
-    with Pool(max(1, jobs), initializer=torch.set_num_threads, initargs=(1,)) as pool:  # see synth.write_split
-        for res in tqdm(pool.imap(_synth_job, work, chunksize=8), total=len(work), desc="synth digits",
-                        unit="utt", disable=not progress):
-            if isinstance(res, str):
-                log.warning("skipped: %s", res)
-                problems.append(res)
-            else:
-                made.append(res)
+    for res in render_by_voice(_synth_job, work, jobs, "synth digits", progress):
+        if isinstance(res, str):
+            log.warning("skipped: %s", res)
+            problems.append(res)
+        else:
+            made.append(res)
+    made.sort(key=lambda u: u.id)
     return made
 

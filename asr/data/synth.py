@@ -15,9 +15,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -41,6 +43,7 @@ ESPEAK_VARIANTS = [
 ]
 FLITE_VOICES = ["kal", "awb", "slt", "rms"]
 DEFAULT_TEST_VOICES = ["espeak:en-us+m7", "espeak:en-gb-x-rp+f4"]
+CHUNK = 100  # utterances a synthesis worker renders before it exits (see write_split)
 
 _ALLOWED = re.compile(r"^[A-Za-z' ,;:!?.\-\"]+$")
 _ACRONYM = re.compile(r"\b[A-Z]{2,}\b")
@@ -178,7 +181,7 @@ def _worker_init() -> None:
 
 
 def _render(job: tuple) -> tuple[str, str, float] | str:
-    """Worker: synthesize one utterance and write its FLAC; returns (id, text, seconds) or an error."""
+    """Synthesize one utterance and write its FLAC; returns (id, text, seconds) or an error."""
     voice, text, path, seed = job
     rng = random.Random(seed)
     try:
@@ -190,6 +193,48 @@ def _render(job: tuple) -> tuple[str, str, float] | str:
     except Exception as e:  # one failed utterance is reported, the corpus goes on
         return f"{path}: {e}"
     return Path(path).stem, normalize(text), wav.shape[0] / 16000
+
+
+def voice_chunks(work: list[tuple], size: int | None = None) -> list[list[tuple]]:
+    """``work`` (voice, ...) jobs -> chunks of at most ``size`` (default ``CHUNK``) consecutive jobs
+    of one voice, in the order given; the chunks depend only on the work, never on the number of
+    processes."""
+    size = size or CHUNK
+    by_voice: dict = {}
+    for job in work:
+        by_voice.setdefault(job[0], []).append(job)
+    chunks = []
+    for jobs in by_voice.values():
+        n = -(-len(jobs) // size)
+        step = -(-len(jobs) // n)
+        chunks += [jobs[i:i + step] for i in range(0, len(jobs), step)]
+    return chunks
+
+
+def _run_chunk(task: tuple[Callable, list[tuple]]) -> list:
+    fn, chunk = task
+    return [fn(job) for job in chunk]
+
+
+def render_by_voice(fn: Callable[[tuple], Any], work: list[tuple], jobs: int, desc: str,
+                    progress: bool = True) -> Iterator[Any]:
+    """``fn(job)`` for every job of ``work`` (tuples whose first item is the voice), in ``jobs``
+    worker processes; yields the results as chunks finish (not in the order of ``work``).
+
+    libespeak-ng carries a little state from one sentence to the next (durations move by ~0.1%),
+    which no call resets. Each chunk (one voice's jobs, in order: ``voice_chunks``) therefore runs in
+    a freshly forked worker, so the audio depends on the work alone, not on the number of processes
+    or on which worker got which chunk; and a worker loads its voice once.
+    """
+    # Workers fork from here. librosa's trim compiles (numba) on its first call, ~0.7 s that every
+    # fresh worker would pay again; compiled here, they inherit it. (Numpy only: torch's thread pool
+    # must not start in a process that forks.)
+    trim_silence(torch.from_numpy(np.random.default_rng(0).standard_normal(1600, dtype=np.float32)))
+    with Pool(max(1, jobs), initializer=_worker_init, maxtasksperchild=1) as pool, \
+            tqdm(total=len(work), desc=desc, unit="utt", disable=not progress) as bar:
+        for results in pool.imap_unordered(_run_chunk, [(fn, chunk) for chunk in voice_chunks(work)]):
+            yield from results
+            bar.update(len(results))
 
 
 def write_split(out: Path, voices: list[Voice], sentences: list[str], first_speaker: int, chapter: int, seed: int,
@@ -205,18 +250,14 @@ def write_split(out: Path, voices: list[Voice], sentences: list[str], first_spea
         uid = f"{spk}-{chapter}-{idx:04d}"
         plan[(spk, chapter)].append(uid)
         work.append((voices[i % len(voices)], text, str(folder / f"{uid}.flac"), seed * 1_000_003 + i))
-    # Work in voice order: a worker then switches voices (reloads voice data) once a chunk, not
-    # once an utterance.
-    order = {v: k for k, v in reversed(list(enumerate(voices)))}
-    work.sort(key=lambda job: order[job[0]])
     problems, done = [], {}
-    with Pool(max(1, jobs), initializer=_worker_init) as pool:
-        for res in tqdm(pool.imap(_render, work, chunksize=8), total=len(work), desc=desc, unit="utt"):
-            if isinstance(res, str):
-                log.warning("skipped: %s", res)
-                problems.append(res)
-            else:
-                done[res[0]] = res[1]
+    for res in render_by_voice(_render, work, jobs, desc):
+        if isinstance(res, str):
+            log.warning("skipped: %s", res)
+            problems.append(res)
+        else:
+            done[res[0]] = res[1]
+    problems.sort()
     for (spk, chapter), uids in plan.items():
         lines = [f"{u} {done[u]}" for u in uids if u in done]
         (out / str(spk) / str(chapter) / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
