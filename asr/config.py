@@ -80,6 +80,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this much wall time (0: no limit)
     lr: float = 2e-3
     weight_decay: float = 1e-2
+    adam_beta2: float = 0.999  # AdamW's second-moment decay
     warmup_steps: int = 200
     final_lr_frac: float = 0.05  # cosine decay to lr * final_lr_frac
     # With max_minutes: the decay is paced by whichever runs out first, steps or wall time, so a

@@ -334,7 +334,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     net = DistributedDataParallel(model, device_ids=[dd.local_rank] if dev_t.type == "cuda" else None) if dd.world > 1 else model
     if dd.world > 1 and tc.ddp_bf16_grads:
         net.register_comm_hook(None, bf16_compress_hook)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2), weight_decay=tc.weight_decay)
     steps_per_epoch = estimate_steps_per_epoch(train_shards, tc.max_frames, dd.world, tc.accum_steps)
     total_steps = steps_per_epoch * tc.epochs
     pace = {"time_frac": 0.0}  # the fraction of max_minutes used, when train.schedule_by_time

@@ -187,3 +187,11 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(train_shards, tmp_p
         got = final_weights(exp)
         for name, w in expected.items():
             assert torch.equal(got[name], w), f"resumed from {key}: {name} differs"
+
+
+def test_adam_beta2_reaches_the_optimizer(train_shards, tmp_path):
+    import asr.train as T
+
+    T.train(tiny_experiment(epochs=1, adam_beta2=0.98), train_shards, [], tmp_path / "exp", device="cpu")
+    state = torch.load(tmp_path / "exp" / "ckpt" / "state.pt", weights_only=False)
+    assert tuple(state["optimizer"]["param_groups"][0]["betas"]) == (0.9, 0.98)

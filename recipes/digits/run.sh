@@ -4,7 +4,7 @@
 # greedy WER on the held-out test speaker, isolated and connected.
 #
 #   bash recipes/digits/run.sh [FSDD_DIR] [--test-speaker S] [--dev-speaker S] [--stage N] [--stop-stage M]
-#        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--epochs E] [--seed S] [--force]
+#        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--synth-voices V] [--epochs E] [--seed S] [--force]
 #
 # FSDD_DIR defaults to ../shared/data/fsdd (any folder of {digit}_{speaker}_{index}.wav works).
 # Writes data/digits/ (audio, manifests, shards) and exp/digits/ (model.pt, results.json, decode/).
@@ -22,6 +22,7 @@ num_eval_connected=100   # connected strings per dev / test speaker
 speeds="0.9 1.0 1.1"
 noise_prob=0.3
 synth=4000               # synthetic espeak-ng/flite digit strings mixed into training (measured: they help)
+synth_voices=40          # ... in this many voices
 epochs=12
 train_minutes=9          # stop training after this long whatever the epoch (the 15-minute budget)
 seed=0
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
     --speeds) speeds=$2; shift 2 ;;
     --noise-prob) noise_prob=$2; shift 2 ;;
     --synth) synth=$2; shift 2 ;;
+    --synth-voices) synth_voices=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --train-minutes) train_minutes=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
@@ -71,7 +73,7 @@ stage1() {  # training manifest -> speed-perturbed / noisy copies (+ synthetic d
   rm -rf "$data/aug"
   # shellcheck disable=SC2086
   tolerate_skips asr augment "$data/train.jsonl" -o "$data/train_aug.jsonl" --audio-dir "$data/aug" --speeds $speeds \
-    --noise-prob "$noise_prob" --synth-digits "$synth" --seed "$seed" --jobs "$jobs"
+    --noise-prob "$noise_prob" --synth-digits "$synth" --synth-voices "$synth_voices" --seed "$seed" --jobs "$jobs"
 }
 train_procs() { echo $(( jobs < 4 ? jobs : 4 )); }  # training processes: one per core, at most 4
 stage2() {  # training manifest -> webdataset shards
@@ -96,7 +98,7 @@ stage4() {  # greedy decoding of the test speaker, isolated and connected
 }
 
 run_stage 0 "fsdd=$fsdd test=$test_speaker dev=$dev_speaker n=$num_connected/$num_eval_connected seed=$seed" stage0
-run_stage 1 "speeds=$speeds noise=$noise_prob synth=$synth seed=$seed" stage1
+run_stage 1 "speeds=$speeds noise=$noise_prob synth=$synth voices=$synth_voices seed=$seed" stage1
 run_stage 2 "shuffle seed=$seed procs=$(train_procs)" stage2
 run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes jobs=$jobs conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
@@ -104,7 +106,7 @@ run_stage 4 "greedy" stage4
 # results.json: the pooled test WER (isolated + connected) under the DESIGN.md keys, each set
 # separately, the split, and what produced it.
 if [ -f "$exp/decode/test_isolated/results.json" ] && [ -f "$exp/decode/test_connected/results.json" ]; then
-  python3 - "$exp" "$data" "$(( $(date +%s) - t_start ))" "speeds=$speeds noise_prob=$noise_prob synth=$synth epochs=$epochs seed=$seed ${overrides[*]}" <<'PY'
+  python3 - "$exp" "$data" "$(( $(date +%s) - t_start ))" "speeds=$speeds noise_prob=$noise_prob synth=$synth synth_voices=$synth_voices epochs=$epochs seed=$seed ${overrides[*]}" <<'PY'
 import json, sys
 from pathlib import Path
 exp, data, wall, opts = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
