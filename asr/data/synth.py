@@ -43,7 +43,7 @@ ESPEAK_VARIANTS = [
 ]
 FLITE_VOICES = ["kal", "awb", "slt", "rms"]
 DEFAULT_TEST_VOICES = ["espeak:en-us+m7", "espeak:en-gb-x-rp+f4"]
-CHUNK = 100  # utterances a synthesis worker renders before it exits (see write_split)
+CHUNK = 100  # utterances a synthesis worker renders before it exits (see render_by_voice)
 
 _ALLOWED = re.compile(r"^[A-Za-z' ,;:!?.\-\"]+$")
 _ACRONYM = re.compile(r"\b[A-Z]{2,}\b")
