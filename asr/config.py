@@ -30,6 +30,11 @@ class FeatureConfig:
     # and microphone colouring, which a corpus of a few speakers (FSDD) cannot teach the model to
     # ignore. The mean is over the utterance (or the transcription window) alone.
     utterance_cmn: bool = False
+    # Subtract the mean log-mel of the utterance's speaker instead: over all of that speaker's audio
+    # in the data at hand (training shards, the dev set, the manifest being evaluated). An isolated
+    # word's own mean holds much of the word itself; a speaker's mean holds the voice and microphone.
+    # Where the speaker is unknown (``asr transcribe``, a TorchScript export) the utterance's mean.
+    speaker_cmn: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     adam_beta2: float = 0.999  # AdamW's second-moment decay
+    # With features.speaker_cmn: the share of training utterances normalised by their speaker's mean;
+    # the rest by their own (0: all by their own, so training needs no speakers, while dev and test are
+    # still decoded with speaker means).
+    speaker_cmn_prob: float = 1.0
     warmup_steps: int = 200
     final_lr_frac: float = 0.05  # cosine decay to lr * final_lr_frac
     # With max_minutes: the decay is paced by whichever runs out first, steps or wall time, so a

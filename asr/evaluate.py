@@ -15,6 +15,7 @@ from asr.audio import AudioError, load_audio
 from asr.data.manifest import Utterance
 from asr.data.shards import HOP, Sample, pad_batch
 from asr.decode.types import Hypothesis
+from asr.features import SpeakerMeans, batch_means
 from asr.metrics import format_errs, score
 from asr.recognizer import Recognizer
 
@@ -79,6 +80,8 @@ def decode_utterances(rec: Recognizer, decoder, utts: list[Utterance], max_frame
                         collate_fn=_collate, num_workers=num_workers)
     hyps, kept, problems, audio_s = {}, {}, [], 0.0
     start = time.perf_counter()
+    cfg = rec.frontend.logmel.cfg
+    means = speaker_means(rec, loader, progress) if cfg.speaker_cmn else None
     bar = tqdm(total=len(utts), desc="decode", unit="utt", disable=not progress)
     for batch, errors in loader:
         if strict and errors:
@@ -90,7 +93,8 @@ def decode_utterances(rec: Recognizer, decoder, utts: list[Utterance], max_frame
         bar.update(len(errors))
         if batch is None:
             continue
-        log_probs, out_len = rec.log_probs(batch["wav"], batch["lengths"])
+        log_probs, out_len = rec.log_probs(batch["wav"], batch["lengths"],
+                                           batch_means(means, batch["speakers"], cfg.n_mels))
         log_probs, out_len = log_probs.float().cpu(), out_len.cpu()
         for uid, h in zip(batch["ids"], decoder(log_probs, out_len)):
             hyps[uid] = h
@@ -101,6 +105,18 @@ def decode_utterances(rec: Recognizer, decoder, utts: list[Utterance], max_frame
         bar.update(len(batch["ids"]))
     bar.close()
     return Decoded(hyps, kept, problems, audio_s, time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def speaker_means(rec: Recognizer, loader: DataLoader, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Each speaker's mean raw log-mel (n_mels,) over the loader's audio (a pass before decoding, for
+    a model trained with ``speaker_cmn``); unreadable files are left to the decoding pass to report."""
+    acc = SpeakerMeans(rec.frontend.logmel.cfg.n_mels)
+    for batch, _ in tqdm(loader, desc="speaker means", unit="batch", leave=False, disable=not progress):
+        if batch is not None:
+            feats, flen = rec.frontend.logmel.raw(batch["wav"].to(rec.device), batch["lengths"].to(rec.device))
+            acc.add(feats, flen, batch["speakers"])
+    return acc.means()
 
 
 def write_results(out_dir: str | Path, utts: list[Utterance], decoded: Decoded, decoder_name: str,

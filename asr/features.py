@@ -43,18 +43,30 @@ class LogMel(nn.Module):
             pad_mode="constant",
         )
 
-    def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """wav (B, S) float, lengths (B,) -> feats (B, T, n_mels), frame lengths (B,)."""
+    def forward(self, wav: Tensor, lengths: Tensor, means: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """wav (B, S) float, lengths (B,) -> feats (B, T, n_mels), frame lengths (B,).
+
+        With ``cfg.speaker_cmn``, ``means`` (B, n_mels) are the speakers' mean log-mels to subtract
+        (a NaN row, or no ``means``: the utterance's own mean, as with ``cfg.utterance_cmn``).
+        """
+        feats, flen = self.raw(wav, lengths)
+        if self.cfg.utterance_cmn or self.cfg.speaker_cmn:
+            valid = length_mask(flen, feats.shape[1])[..., None]
+            mean = feats.sum(dim=1) / flen.clamp(min=1)[:, None].to(feats.dtype)  # (B, F)
+            if self.cfg.speaker_cmn and means is not None:
+                means = means.to(feats)
+                mean = torch.where(torch.isnan(means), mean, means)
+            feats = (feats - mean[:, None, :]).masked_fill(~valid, 0.0)
+        return feats, flen
+
+    def raw(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-mels without any mean removed: wav (B, S), lengths (B,) -> (B, T, n_mels), (B,)."""
         with torch.autocast(device_type=wav.device.type, enabled=False):
             spec = self.mel(wav.float())  # (B, F, T)
         feats = torch.log(spec + 1e-6).transpose(1, 2)
         flen = frame_lengths(lengths, self.cfg).clamp(max=feats.shape[1])
         valid = length_mask(flen, feats.shape[1])[..., None]
-        feats = feats.masked_fill(~valid, 0.0)
-        if self.cfg.utterance_cmn:
-            mean = feats.sum(dim=1, keepdim=True) / flen.clamp(min=1)[:, None, None].to(feats.dtype)
-            feats = (feats - mean).masked_fill(~valid, 0.0)
-        return feats, flen
+        return feats.masked_fill(~valid, 0.0), flen
 
 
 def log_mel(wav: Tensor, cfg: FeatureConfig) -> Tensor:
@@ -79,6 +91,40 @@ class GlobalCMVN(nn.Module):
         """feats (B, T, F) -> normalised (B, T, F), padding kept at zero."""
         out = (feats - self.mean) / self.std
         return out.masked_fill(~length_mask(lengths, feats.shape[1])[..., None], 0.0)
+
+
+class SpeakerMeans:
+    """Per-speaker sums of raw log-mel frames -> each speaker's mean (for ``speaker_cmn``)."""
+
+    def __init__(self, n_mels: int):
+        self.n_mels = n_mels
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, feats: Tensor, lengths: Tensor, speakers: list[str | None]) -> None:
+        """feats (B, T, F) raw log-mels, padding at zero; lengths (B,); utterances without a speaker are left out."""
+        totals = feats.double().sum(1).cpu()  # padding is zero, so sums over T count valid frames only
+        for i, spk in enumerate(speakers):
+            if spk is None:
+                continue
+            self.sums[spk] = self.sums.get(spk, torch.zeros(self.n_mels, dtype=torch.float64)) + totals[i]
+            self.counts[spk] = self.counts.get(spk, 0) + int(lengths[i])
+
+    def merge(self, other: "SpeakerMeans") -> None:
+        for spk, total in other.sums.items():
+            self.sums[spk] = self.sums.get(spk, torch.zeros(self.n_mels, dtype=torch.float64)) + total
+            self.counts[spk] = self.counts.get(spk, 0) + other.counts[spk]
+
+    def means(self) -> dict[str, Tensor]:
+        return {spk: (total / max(self.counts[spk], 1)).float() for spk, total in self.sums.items()}
+
+
+def batch_means(means: dict[str, Tensor] | None, speakers: list[str | None], n_mels: int) -> Tensor | None:
+    """The (B, n_mels) rows of ``means`` for a batch's speakers; NaN rows where a speaker has none."""
+    if not means:
+        return None
+    nan = torch.full((n_mels,), float("nan"))
+    return torch.stack([means.get(spk, nan) if spk is not None else nan for spk in speakers])
 
 
 class CMVNAccumulator:
@@ -162,9 +208,10 @@ class FeatureExtractor(nn.Module):
         self.cmvn = GlobalCMVN(cfg.n_mels)
         self.specaug = SpecAugment(specaug) if specaug is not None else None
 
-    def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """wav (B, S), lengths (B,) in samples -> feats (B, T, F), lengths (B,) in frames."""
-        feats, flen = self.logmel(wav, lengths)
+    def forward(self, wav: Tensor, lengths: Tensor, means: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """wav (B, S), lengths (B,) in samples -> feats (B, T, F), lengths (B,) in frames;
+        ``means`` (B, F): speaker means for ``speaker_cmn`` (see ``LogMel.forward``)."""
+        feats, flen = self.logmel(wav, lengths, means)
         feats = self.cmvn(feats, flen)
         if self.specaug is not None and self.training:
             feats = self.specaug(feats, flen)

@@ -27,13 +27,14 @@ class Recognizer:
         return cls(package.model.to(device).eval(), frontend.to(device).eval(), package.tokenizer, device)
 
     @torch.inference_mode()
-    def log_probs(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """wav (B, S) at the model's sample rate, lengths (B,) -> log_probs (B, T', V) float32, lengths (B,)."""
+    def log_probs(self, wav: Tensor, lengths: Tensor, means: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """wav (B, S) at the model's sample rate, lengths (B,) -> log_probs (B, T', V) float32, lengths (B,).
+        ``means`` (B, n_mels): the speakers' mean log-mels, for a model trained with ``speaker_cmn``."""
         was_training = self.model.training, self.frontend.training
         self.model.eval()
         self.frontend.eval()
         wav, lengths = wav.to(self.device), lengths.to(self.device)
-        feats, flen = self.frontend(wav, lengths)
+        feats, flen = self.frontend(wav, lengths, means)
         use_bf16 = self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = self.model(feats, flen)

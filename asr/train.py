@@ -32,7 +32,7 @@ from asr.data.manifest import Utterance
 from asr.data.shards import ShardBatches, shard_metadata
 from asr.decode.greedy import GreedyDecoder
 from asr.evaluate import decode_utterances
-from asr.features import CMVNAccumulator, FeatureExtractor, frame_lengths
+from asr.features import CMVNAccumulator, FeatureExtractor, SpeakerMeans, batch_means, frame_lengths
 from asr.metrics import score
 from asr.model import AcousticModel, subsampled_lengths
 from asr.package import PackageError, atomic_save, read_checked, save_package, state_digest
@@ -123,7 +123,8 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     idx = torch.tensor(keep)
     wav = batch["wav"][idx].to(device, non_blocking=True)
     wav_len = wav_len[idx].to(device)
-    feats, flen = frontend(wav, wav_len)
+    means = batch.get("means")
+    feats, flen = frontend(wav, wav_len, None if means is None else means[idx].to(device))
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         log_probs, out_len = model(feats, flen)
     # CTC in fp32 whatever the autocast: the model returns float32 log-probs.
@@ -174,8 +175,10 @@ def fit_tokenizer(cfg: ExperimentConfig, shards: list[str]) -> Tokenizer:
 
 
 def compute_cmvn(frontend: FeatureExtractor, loader: DataLoader, max_utts: int, device: torch.device,
-                 strict: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global mean/std of log-mel frames over (up to ``max_utts``) training utterances.
+                 strict: bool = False, speaker_means: dict[str, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global mean/std of log-mel frames over (up to ``max_utts``) training utterances, after the
+    utterance or speaker means are removed (``speaker_means``: see ``compute_speaker_means``).
 
     ``strict``: a sample the loader had to skip raises TrainingError (the training loop reports
     skips otherwise, so here they are only logged).
@@ -186,12 +189,33 @@ def compute_cmvn(frontend: FeatureExtractor, loader: DataLoader, max_utts: int, 
         for batch in bar:
             if strict and batch.get("problems"):
                 raise TrainingError(f"--strict: {batch['problems'][0]}")
-            feats, flen = frontend.logmel(batch["wav"].to(device), batch["lengths"].to(device))
+            means = batch_means(speaker_means, batch["speakers"], acc.total.shape[0])
+            feats, flen = frontend.logmel(batch["wav"].to(device), batch["lengths"].to(device), means)
             acc.add(feats, flen)
             seen += len(batch["ids"])
             if max_utts and seen >= max_utts:
                 break
     return acc.stats()
+
+
+def compute_speaker_means(frontend: FeatureExtractor, loader: DataLoader, device: torch.device,
+                          world: int = 1) -> dict[str, torch.Tensor]:
+    """Each training speaker's mean raw log-mel (n_mels,), over one whole pass of ``loader`` (this
+    rank's part of the shards; with ``world`` > 1 the ranks' sums are pooled, so all agree)."""
+    acc = SpeakerMeans(frontend.logmel.cfg.n_mels)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="speaker means", unit="batch", leave=False):
+            feats, flen = frontend.logmel.raw(batch["wav"].to(device), batch["lengths"].to(device))
+            acc.add(feats, flen, batch["speakers"])
+    if world > 1:
+        parts: list = [None] * world
+        dist.all_gather_object(parts, (acc.sums, acc.counts))
+        acc = SpeakerMeans(acc.n_mels)
+        for sums, counts in parts:
+            other = SpeakerMeans(acc.n_mels)
+            other.sums, other.counts = sums, counts
+            acc.merge(other)
+    return acc.means()
 
 
 def rng_state() -> dict:
@@ -211,14 +235,14 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tokenizer, cmvn, cfg: ExperimentConfig,
                     epoch: int, batch_in_epoch: int, step: int, best_wer: float, history: list,
-                    running: dict | None = None) -> None:
+                    running: dict | None = None, speaker_means: dict | None = None) -> None:
     """Write the whole training state atomically, with a checksum that ``load_checkpoint`` verifies;
     ``running`` holds the epoch's partial loss sums and the run's skip counters, so a resumed run
     reports the same numbers as an uninterrupted one."""
     state = {
         "format": "asr-train-state", "config": to_dict(cfg), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "tokenizer": tokenizer.state(),
-        "cmvn": {"mean": cmvn[0], "std": cmvn[1]}, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        "cmvn": {"mean": cmvn[0], "std": cmvn[1], "speakers": speaker_means or {}}, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
         "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(), "running": running or {},
     }
     state["sha256"] = state_digest(state)
@@ -318,11 +342,16 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                         prefetch_factor=4 if tc.num_workers else None, persistent_workers=False,
                         generator=torch.Generator().manual_seed(tc.seed))
     frontend = FeatureExtractor(cfg.features, cfg.specaug).to(dev_t)
+    spk_means: dict[str, torch.Tensor] = {}
     if state:
         cmvn = (state["cmvn"]["mean"], state["cmvn"]["std"])
+        spk_means = state["cmvn"].get("speakers", {})
     else:
+        if cfg.features.speaker_cmn and tc.speaker_cmn_prob > 0:
+            spk_means = compute_speaker_means(frontend, loader, dev_t, dd.world)
+            log.info("speaker CMN: mean log-mels of %d training speakers", len(spk_means))
         if dd.main:
-            cmvn = compute_cmvn(frontend, loader, tc.cmvn_utts, dev_t, strict)
+            cmvn = compute_cmvn(frontend, loader, tc.cmvn_utts, dev_t, strict, spk_means)
         if dd.world > 1:  # every rank must normalise identically: rank 0 computes, the others receive
             n = cfg.features.n_mels
             stats = torch.stack(cmvn).to(dev_t) if dd.main else torch.zeros(2, n, device=dev_t)
@@ -378,7 +407,8 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                                 history, {"sums": partial, "skipped": sorted(skipped), "problems": counters.problems,
                                           "counters": {"infeasible": counters.infeasible,
                                                        "untokenizable": counters.untokenizable,
-                                                       "nonfinite": counters.nonfinite}})
+                                                       "nonfinite": counters.nonfinite}},
+                                spk_means)
             except OSError as e:  # e.g. ENOSPC: atomic_save left the previous checkpoint untouched
                 fail(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good checkpoint is "
                      "intact, free space and rerun with --resume")
@@ -416,6 +446,10 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 break
             batch_pos += 1
             skipped.update(batch.get("problems", []))
+            batch["means"] = batch_means(spk_means, batch["speakers"], cfg.features.n_mels)
+            if batch["means"] is not None and tc.speaker_cmn_prob < 1:  # NaN rows: the utterance's own mean
+                own = torch.rand(len(batch["speakers"])) >= tc.speaker_cmn_prob
+                batch["means"][own] = float("nan")
             if strict and batch.get("problems"):
                 fail(f"--strict: {batch['problems'][0]}")
             left_out = len(counters.problems)

@@ -47,6 +47,10 @@ def test_recipe_runs_every_stage_and_keeps_the_test_speaker_out(tmp_path):
     # a tiny model trained for seconds may insert more words than the references hold (WER > 1)
     assert math.isfinite(res["wer_isolated"]) and res["wer_isolated"] >= 0
     assert math.isfinite(res["wer_connected"]) and res["wer_connected"] >= 0
+    # stage 5: beam search with an LM of the training transcripts, tuned on the dev speaker
+    assert math.isfinite(res["wer_isolated_beam_lm"]) and math.isfinite(res["wer_connected_beam_lm"])
+    assert "[beam search + digit LM]" in proc.stdout
+    assert (exp / "lm" / "tune.json").is_file()
 
     # training saw the two training speakers only, at both speeds, in shuffled shards
     train_ids = shard_ids(data / "shards")

@@ -170,12 +170,13 @@ def shuffled(items: Iterator, bufsize: int, rng: random.Random) -> Iterator:
 
 
 def pad_batch(samples: list[Sample]) -> dict:
-    """Samples -> {"ids", "texts", "wav" (B, S max) zero-padded, "lengths" (B,)}."""
+    """Samples -> {"ids", "texts", "speakers", "wav" (B, S max) zero-padded, "lengths" (B,)}."""
     lengths = torch.tensor([s.wav.shape[0] for s in samples], dtype=torch.long)
     wav = torch.zeros(len(samples), int(lengths.max()))
     for i, s in enumerate(samples):
         wav[i, : s.wav.shape[0]] = s.wav
-    return {"ids": [s.id for s in samples], "texts": [s.text for s in samples], "wav": wav, "lengths": lengths}
+    return {"ids": [s.id for s in samples], "texts": [s.text for s in samples],
+            "speakers": [s.speaker for s in samples], "wav": wav, "lengths": lengths}
 
 
 def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, boundaries: list[float]) -> Iterator[list[Sample]]:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Connected digits from real speech: FSDD (five male speakers, 8 kHz) -> speaker-disjoint isolated
 # and connected digit strings -> augmentation -> shards -> a small BiLSTM-CTC trained on the CPU ->
-# greedy WER on the held-out test speaker, isolated and connected.
+# greedy (and beam + digit LM) WER on the held-out test speaker, isolated and connected.
 #
 #   bash recipes/digits/run.sh [FSDD_DIR] [--test-speaker S] [--dev-speaker S] [--stage N] [--stop-stage M]
-#        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--synth-voices V] [--epochs E] [--seed S] [--force]
+#        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--synth-voices V] [--epochs E] [--seed S]
+#        [--beam-size K] [--force]
 #
 # FSDD_DIR defaults to ../shared/data/fsdd (any folder of {digit}_{speaker}_{index}.wav works).
 # Writes data/digits/ (audio, manifests, shards) and exp/digits/ (model.pt, results.json, decode/).
@@ -25,6 +26,7 @@ synth=8000               # synthetic espeak-ng/flite digit strings mixed into tr
 synth_voices=90          # ... in this many voices (4,000 in 40 -> 8,000 in 90: connected WER 18.5% -> 15.7%)
 epochs=12
 train_minutes=9          # stop training after this long whatever the epoch (the 15-minute budget)
+beam_size=16
 seed=0
 jobs=$(nproc)
 stage=0
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --train-minutes) train_minutes=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --beam-size) beam_size=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
@@ -96,12 +99,27 @@ stage4() {  # greedy decoding of the test speaker, isolated and connected
       --no-report --out "$exp/decode/$set"
   done
 }
+stage5() {  # beam search + a word 3-gram LM of the training transcripts (digit strings: it knows the
+            # ten words and little else), weights tuned on the dev speaker, then the test speaker
+  mkdir -p "$exp/lm"
+  asr lm build "$data/train_aug.jsonl" -o "$exp/lm/lm.arpa" --order 3
+  asr lm tune --lm "$exp/lm/lm.arpa" --model "$exp/model.pt" --manifest "$data/dev.jsonl" \
+    --emissions "$exp/decode/dev.emissions.pt" --beam-size "$beam_size" --decode-workers "$jobs" --device cpu \
+    --threads 1 -o "$exp/lm/tune.json"
+  read -r a b < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["alpha"], r["beta"])' "$exp/lm/tune.json")
+  for set in test_isolated test_connected; do
+    tolerate_skips asr evaluate "$exp/model.pt" "$data/$set.jsonl" --decoder beam --lm "$exp/lm/lm.arpa" --alpha "$a" \
+      --beta "$b" --beam-size "$beam_size" --decode-workers "$jobs" --device cpu --threads 1 --no-report \
+      --out "$exp/decode/$set-beam-lm"
+  done
+}
 
 run_stage 0 "fsdd=$fsdd test=$test_speaker dev=$dev_speaker n=$num_connected/$num_eval_connected seed=$seed" stage0
 run_stage 1 "speeds=$speeds noise=$noise_prob synth=$synth voices=$synth_voices seed=$seed" stage1
 run_stage 2 "shuffle seed=$seed procs=$(train_procs)" stage2
 run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes jobs=$jobs conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
+run_stage 5 "beam=$beam_size" stage5
 
 # results.json: the pooled test WER (isolated + connected) under the DESIGN.md keys, each set
 # separately, the split, and what produced it.
@@ -137,9 +155,16 @@ res = {
     "best_dev_wer": train.get("best_dev_wer"), "options": opts,
     "recipe_wall_seconds_this_run": wall,
 }
+for name in ("isolated", "connected"):  # stage 5, when it ran after this model
+    f = exp / "decode" / f"test_{name}-beam-lm" / "results.json"
+    if f.is_file() and f.stat().st_mtime >= (exp / "model.pt").stat().st_mtime:
+        res[f"wer_{name}_beam_lm"] = json.loads(f.read_text())["wer"]
 (exp / "results.json").write_text(json.dumps(res, indent=1) + "\n")
 print(f"test speaker {', '.join(split['test'])}: isolated WER {100 * iso['wer']:.2f}% ({iso['num_words']} words), "
-      f"connected WER {100 * con['wer']:.2f}% ({con['num_words']} words) -> {exp}/results.json")
+      f"connected WER {100 * con['wer']:.2f}% ({con['num_words']} words) [greedy] -> {exp}/results.json")
+if "wer_isolated_beam_lm" in res and "wer_connected_beam_lm" in res:
+    print(f"test speaker {', '.join(split['test'])}: isolated WER {100 * res['wer_isolated_beam_lm']:.2f}%, "
+          f"connected WER {100 * res['wer_connected_beam_lm']:.2f}% [beam search + digit LM]")
 PY
 fi
 echo "recipe wall time this run: $(( $(date +%s) - t_start )) s"
