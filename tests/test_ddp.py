@@ -25,7 +25,7 @@ def make_shards(root: Path, n: int, per_shard: int) -> list[str]:
         path = root / "audio" / f"u{i:03d}.flac"
         dur = 0.6 + 0.1 * (i % 7)
         write_audio(path, dur, seed=i, fmt="FLAC")
-        utts.append(Utterance(f"u{i:03d}", str(path), f"{WORDS[i % 5]} {WORDS[(i * 3) % 5]}", dur, "s"))
+        utts.append(Utterance(f"u{i:03d}", str(path), f"{WORDS[i % 5]} {WORDS[(i * 3) % 5]}", dur, f"s{i % 3}"))
     write_manifest(root / "dev.jsonl", utts[:4])
     return [str(p) for p in write_shards(utts, root / "shards", "train", per_shard, progress=False)]
 
@@ -107,19 +107,31 @@ def test_ddp_gradients_equal_single_process_over_the_global_batch(tmp_path, bf16
 
 
 def test_torchrun_two_processes_train_without_hang(tmp_path):
-    """torchrun -m asr train with 2 gloo ranks and unevenly filled shards finishes; rank 0 writes."""
+    """torchrun -m asr train with 2 gloo ranks and unevenly filled shards finishes; rank 0 writes;
+    speaker means (features.speaker_cmn) are pooled over the ranks, each of which read half the data."""
     shards = make_shards(tmp_path, 22, 4)  # 6 shards, uneven: ranks see different batch counts
     exp = tmp_path / "exp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
            str(31000 + os.getpid() % 1000), "-m", "asr", "train", "--train", *shards, "--dev",
            str(tmp_path / "dev.jsonl"), "--exp", str(exp), "--device", "cpu", "model.hidden=16", "model.layers=1",
            "model.subsample_channels=4", "train.epochs=2", "train.max_frames=600", "train.num_workers=0",
-           "train.cmvn_utts=8", "train.warmup_steps=2", "train.log_every=1", "train.threads=1"]
+           "train.cmvn_utts=8", "train.warmup_steps=2", "train.log_every=1", "train.threads=1",
+           "features.speaker_cmn=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((exp / "train_summary.json").read_text())
     assert summary["epochs"] == 2 and summary["steps"] > 0
+    from asr.audio import load_audio
+    from asr.config import FeatureConfig
+    from asr.features import LogMel
+
+    means = torch.load(exp / "ckpt" / "state.pt", weights_only=False)["cmvn"]["speakers"]
+    assert sorted(means) == ["s0", "s1", "s2"]
+    mel = LogMel(FeatureConfig())
+    s1 = [load_audio(tmp_path / "audio" / f"u{i:03d}.flac") for i in range(1, 22, 3)]
+    s1 = torch.cat([mel.raw(w[None], torch.tensor([w.shape[0]]))[0][0] for w in s1])
+    torch.testing.assert_close(means["s1"], s1.mean(0), atol=1e-4, rtol=1e-4)
     assert (exp / "model.pt").is_file() and (exp / "ckpt" / "state.pt").is_file()
     epochs = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines() if "train_loss" in line]
     assert [e["epoch"] for e in epochs] == [1, 2]  # one writer (rank 0), one record per epoch
