@@ -208,6 +208,17 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         rec.model = quantize_model(rec.model)
     decoder = make_decoder(args, rec.tokenizer)
     meta = {"model": str(args.model), "decoder": args.decoder, "quantized": bool(args.quantize)}
+    if args.same_speaker:
+        if not pkg.features.speaker_cmn:
+            print(f"asr transcribe: error: --same-speaker needs a model trained with features.speaker_cmn; "
+                  f"{args.model} normalises each window by its own mean", file=sys.stderr)
+            return 2
+        from asr.transcribe import OneSpeaker, collect_inputs, pooled_mean_log_mel
+
+        files = collect_inputs(list(args.inputs), [])  # its problems are reported by run() below
+        mean = pooled_mean_log_mel(rec, files, pkg.features.sample_rate, args.window, not args.no_progress)
+        rec = OneSpeaker(rec, mean)
+        meta["same_speaker"] = True
     summary = run(rec, decoder, args.inputs, output_dir=args.output_dir, formats=formats, overwrite=args.overwrite,
                   window=args.window, overlap=args.overlap, batch_size=args.batch_size,
                   sample_rate=pkg.features.sample_rate, frame_shift=pkg.frame_shift,
@@ -348,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", action="store_true", help="INT8 dynamic quantization of LSTM and linear layers (CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
+    p.add_argument("--same-speaker", action="store_true",
+                   help="the inputs are all one speaker's: normalise them by their pooled mean log-mel "
+                        "(models trained with features.speaker_cmn; without it, each window by its own)")
     _decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
 

@@ -339,6 +339,38 @@ class Result:
     error: str | None = None
 
 
+class OneSpeaker:
+    """A recognizer whose inputs are all one speaker's: every window is normalised by ``mean``
+    (n_mels,), the speaker's mean log-mel (for a model trained with ``features.speaker_cmn``)."""
+
+    def __init__(self, rec, mean: Tensor):
+        self.rec, self.mean, self.tokenizer = rec, mean, rec.tokenizer
+
+    def log_probs(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.rec.log_probs(wav, lengths, self.mean.expand(wav.shape[0], -1))
+
+
+@torch.inference_mode()
+def pooled_mean_log_mel(rec, files: list[InputFile], rate: int = 16000, window: float = 30.0,
+                        progress: bool = True) -> Tensor:
+    """The mean raw log-mel (n_mels,) over all the audio of ``files``, read window by window without
+    overlap; unreadable files are left out here (transcription reports them)."""
+    from asr.features import SpeakerMeans
+
+    logmel = rec.frontend.logmel
+    acc = SpeakerMeans(logmel.cfg.n_mels)
+    for f in tqdm(files, desc="speaker mean", unit="file", disable=not progress, leave=False):
+        try:
+            for _, _, wav in iter_windows(f.path, window, 0.0, rate):
+                feats, flen = logmel.raw(wav[None].to(rec.device), torch.tensor([wav.shape[0]], device=rec.device))
+                acc.add(feats, flen, ["all"])
+        except (AudioError, OSError, RuntimeError, ValueError):
+            continue
+    if "all" not in acc.sums:
+        raise AudioError("no readable audio among the inputs to take the speaker's mean from")
+    return acc.means()["all"]
+
+
 def transcribe_files(rec: LogProbModel, decoder: Decoder, files: list[InputFile], *, window: float = 30.0,
                      overlap: float = 4.0, batch_size: int = 16, sample_rate: int = 16000,
                      frame_shift: float = 0.04, progress: bool = True) -> Iterator[Result]:

@@ -133,3 +133,34 @@ def test_speaker_cmn_prob_zero_trains_on_utterance_means_and_keeps_speaker_cmn_f
     # CMVN after each utterance's own mean: its mean is ~0 too, but its spread is not that of speaker means
     assert float(state["cmvn"]["mean"].abs().max()) < 1e-3
     assert load_package(tmp_path / "exp" / "model.pt").features.speaker_cmn
+
+
+def test_transcribe_same_speaker_pools_the_mean_over_all_inputs(tmp_path, capsys):
+    from asr.cli import main
+    from asr.package import save_package
+    from asr.transcribe import InputFile, OneSpeaker, pooled_mean_log_mel
+
+    rec, tok = _recognizer()
+    paths = []
+    for i, sec in enumerate([0.5, 1.2]):
+        paths.append(tmp_path / f"a{i}.flac")
+        write_audio(paths[-1], sec, seed=i, fmt="FLAC")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")  # left out of the mean
+    files = [InputFile(p, p.stem) for p in [*paths, tmp_path / "broken.wav"]]
+    mean = pooled_mean_log_mel(rec, files, progress=False)  # each file fits one 30-second window
+    wavs = [load_audio(p) for p in paths]
+    raw = torch.cat([rec.frontend.logmel.raw(w[None], torch.tensor([w.shape[0]]))[0][0] for w in wavs])
+    torch.testing.assert_close(mean, raw.mean(0), atol=1e-4, rtol=1e-4)
+    one = OneSpeaker(rec, mean)
+    w = wavs[0][None]
+    torch.testing.assert_close(one.log_probs(w, torch.tensor([w.shape[1]]))[0],
+                               rec.log_probs(w, torch.tensor([w.shape[1]]), mean[None])[0])
+
+    # the CLI: --same-speaker on a speaker-CMN model works; on any other model it is a clear error
+    for name, cfg in (("spk.pt", CFG), ("plain.pt", dataclasses.replace(CFG, speaker_cmn=False))):
+        save_package(tmp_path / name, rec.model, cfg, torch.zeros(20), torch.ones(20), tok)
+    base = ["transcribe", *map(str, paths), "--same-speaker", "--no-progress", "--device", "cpu"]
+    assert main([*base, "--model", str(tmp_path / "spk.pt")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main([*base, "--model", str(tmp_path / "plain.pt")]) == 2
+    assert "--same-speaker needs a model trained with features.speaker_cmn" in capsys.readouterr().err
