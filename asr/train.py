@@ -209,11 +209,9 @@ def compute_speaker_means(frontend: FeatureExtractor, loader: DataLoader, device
             acc.add(feats, flen, batch["speakers"])
     if world > 1:
         parts: list = [None] * world
-        dist.all_gather_object(parts, (acc.sums, acc.counts))
-        acc = SpeakerMeans(acc.n_mels)
-        for sums, counts in parts:
-            other = SpeakerMeans(acc.n_mels)
-            other.sums, other.counts = sums, counts
+        dist.all_gather_object(parts, acc)
+        acc = parts[0]
+        for other in parts[1:]:
             acc.merge(other)
     return acc.means()
 
@@ -242,8 +240,8 @@ def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tok
     state = {
         "format": "asr-train-state", "config": to_dict(cfg), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "tokenizer": tokenizer.state(),
-        "cmvn": {"mean": cmvn[0], "std": cmvn[1], "speakers": speaker_means or {}}, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-        "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(), "running": running or {},
+        "cmvn": {"mean": cmvn[0], "std": cmvn[1], "speakers": speaker_means or {}},
+        "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(), "running": running or {},
     }
     state["sha256"] = state_digest(state)
     atomic_save(state, path)
