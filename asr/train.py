@@ -120,11 +120,16 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
         targets.append(t)
     if not keep:
         return None
-    idx = torch.tensor(keep)
-    wav = batch["wav"][idx].to(device, non_blocking=True)
-    wav_len = wav_len[idx].to(device)
+    # Copy the whole (pinned) batch, then select on the device: indexing on the host would make an
+    # unpinned copy of the batch's audio (~250 MB at the large config's max_frames) every step.
+    wav = batch["wav"].to(device, non_blocking=True)
+    wav_len = wav_len.to(device)
     means = batch.get("means")
-    feats, flen = frontend(wav, wav_len, None if means is None else means[idx].to(device))
+    means = None if means is None else means.to(device)
+    if len(keep) < len(batch["texts"]):
+        idx = torch.tensor(keep, device=device)
+        wav, wav_len, means = wav[idx], wav_len[idx], None if means is None else means[idx]
+    feats, flen = frontend(wav, wav_len, means)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         log_probs, out_len = model(feats, flen)
     # CTC in fp32 whatever the autocast: the model returns float32 log-probs.
