@@ -60,9 +60,9 @@ class LogMel(nn.Module):
         return feats, flen
 
     def raw(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Log-mels without any mean removed: wav (B, S), lengths (B,) -> (B, T, n_mels), (B,)."""
+        """Log-mels without any mean removed: wav (B, S) float, or int16 PCM, lengths (B,) -> (B, T, n_mels), (B,)."""
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            spec = self.mel(wav.float())  # (B, F, T)
+            spec = self.mel(wav.float() if wav.is_floating_point() else wav.float() / 32768)  # (B, F, T)
         feats = torch.log(spec + 1e-6).transpose(1, 2)
         flen = frame_lengths(lengths, self.cfg).clamp(max=feats.shape[1])
         valid = length_mask(flen, feats.shape[1])[..., None]

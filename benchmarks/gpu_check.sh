@@ -4,14 +4,15 @@
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM;
 #   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   4. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
+# (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
 # Each stage is time-limited and runs whatever the one before did; logs go to OUT.
 #
 #   bash benchmarks/gpu_check.sh SRC_SHARDS OUT [EMISSIONS LM TUNE]
 # Smaller settings for a CPU dry run: DEVICE=cpu SIZES=2x64 HOURS=0.3 MAX_FRAMES=20000 STEPS=3 ...
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
-device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-45} max_frames=${MAX_FRAMES:-384000}
-steps=${STEPS:-30} workers=${WORKERS:-10} train_minutes=${TRAIN_MINUTES:-1.5} work=${WORK:-/tmp/gpu_check}
+device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-60} max_frames=${MAX_FRAMES:-384000}
+steps=${STEPS:-30} workers=${WORKERS:-10} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
@@ -26,29 +27,25 @@ stage "LibriSpeech-length shards"
 timeout 120 $py benchmarks/long_shards.py --src "$src" --out "$work/long" --hours "$hours" 2>&1 | tee "$out/long_shards.log"
 
 stage "training throughput"
-timeout 180 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
-    --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device "$device" 2>&1 \
-    | tee "$out/throughput.md"
+timeout 150 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
+    --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device "$device" \
+    --profile "$out/profile.txt" 2>&1 | tee "$out/throughput.md"
 
 stage "asr train, large config"
 rm -rf "$work/exp"
-timeout 200 $py -m asr train --config conf/large.yaml --train "$work/long/train.index.json" --exp "$work/exp" \
+timeout 150 $py -m asr train --config conf/large.yaml --train "$work/long/train.index.json" --exp "$work/exp" \
     --device "$device" train.epochs=1 train.max_minutes="$train_minutes" train.log_every=5 \
-    train.max_frames="$max_frames" train.num_workers="$workers" 2>&1 | tr '\r' '\n' | grep -v "batch/s\]$" \
+    train.max_frames="$max_frames" train.num_workers="$workers" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
     | tail -40 | tee "$out/train.log"
 cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
+
+[ "$device" = cuda ] && timeout 90 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
+    --sizes 4x320 --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
+    | tee "$out/throughput_4x320.md"
 
 if [ -n "$emissions" ]; then
   stage "decoding"
   timeout 120 $py benchmarks/decode.py --emissions "$emissions" --lm "$lm" --tune "$tune" --beam-size 16 \
       --decoders greedy,beam,beam-gpu --device "$device" --repeats 3 2>&1 | tee "$out/decode.md"
 fi
-
-stage "training throughput, cudnn.benchmark off, and a 4 x 320 model"
-timeout 150 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
-    --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device "$device" \
-    --no-cudnn-benchmark 2>&1 | tee "$out/throughput_nobench.md"
-[ "$device" = cuda ] && timeout 90 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
-    --sizes 4x320 --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
-    | tee "$out/throughput_4x320.md"
 stage "done"

@@ -38,11 +38,24 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
     tok = CharTokenizer()
     model = AcousticModel(ModelConfig(hidden=hidden, layers=layers, dropout=0.1), 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
     data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0)
     loader = DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if args.workers else None)
     counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
+
+    def train_step(batch: dict) -> dict | None:
+        out = compute_loss(model, frontend, batch, tok, device, args.bf16 and device.type == "cuda", counters)
+        if out is None:
+            return None
+        loss, stats = out
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        return stats
+
     epoch = 0
     it = iter(loader)
     step = 0
@@ -55,15 +68,9 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
             it = iter(loader)
             continue
         t1 = time.perf_counter()
-        out = compute_loss(model, frontend, batch, tok, device, args.bf16 and device.type == "cuda", counters)
-        if out is None:
+        stats = train_step(batch)
+        if stats is None:
             continue
-        loss, stats = out
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync(device)
         t2 = time.perf_counter()
         if step >= args.warmup:
             step_times.append(t2 - t0)
@@ -73,9 +80,28 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
             frames = int(batch["lengths"].max()) // 160 + 1
             shapes.append((stats["utts"], (frames + 3) // 4, stats["audio_s"]))
         step += 1
+    if args.profile:
+        profile_steps(train_step, it, size, args.profile, device)
     return {"size": size, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
             "step_ms": 1000 * statistics.median(step_times)}
+
+
+def profile_steps(train_step, batches, size: str, path: str, device: torch.device, steps: int = 3) -> None:
+    """Append the top operators of ``steps`` profiled training steps to ``path``."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        done = 0
+        for batch in batches:
+            done += train_step(batch) is not None
+            if done == steps:
+                break
+    key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    with open(path, "a") as f:
+        f.write(f"## {size}: {done} steps, sorted by {key}\n\n")
+        f.write(prof.key_averages().table(sort_by=key, row_limit=30) + "\n\n")
 
 
 def run_bare(res: dict, args, device: torch.device) -> float:
@@ -110,8 +136,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-bf16", dest="bf16", action="store_false")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
-                   help="leave cudnn.benchmark off (asr train turns it on)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="turn cudnn.benchmark on (asr train leaves it off: shapes change every step)")
+    p.add_argument("--profile", help="also profile 3 steps of the last size; write the top kernels here")
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.threads:

@@ -213,3 +213,15 @@ def test_freq_warp_moves_a_band_by_the_drawn_factor_and_leaves_padding_alone():
     assert not out[:, 5:].any()
     same = spec_augment(feats, lengths, SpecAugConfig(freq_masks=0, time_masks=0, freq_warp=0.0))
     assert torch.equal(same, feats)
+
+
+def test_log_mel_takes_int16_pcm_like_its_float_value():
+    from asr.config import FeatureConfig
+    from asr.features import LogMel
+    pcm = (torch.randn(2, 8000) * 3000).round().clamp(-32768, 32767).to(torch.int16)
+    lengths = torch.tensor([8000, 5000])
+    lm = LogMel(FeatureConfig())
+    a, la = lm(pcm, lengths)
+    b, lb = lm(pcm.float() / 32768, lengths)
+    assert torch.equal(la, lb)
+    torch.testing.assert_close(a, b)

@@ -48,10 +48,11 @@ def collect(batches) -> list[tuple[str, np.ndarray, str]]:
     out = []
     for b in batches:
         assert b["wav"].shape == (len(b["ids"]), int(b["lengths"].max()))
+        assert b["wav"].dtype == torch.int16  # 16-bit PCM: half the bytes of float32
         for i, uid in enumerate(b["ids"]):
             n = int(b["lengths"][i])
             assert torch.count_nonzero(b["wav"][i, n:]) == 0
-            out.append((uid, b["wav"][i, :n].numpy(), b["texts"][i]))
+            out.append((uid, (b["wav"][i, :n].float() / 32768).numpy(), b["texts"][i]))
     return out
 
 
@@ -220,3 +221,25 @@ def test_pad_batch():
     b = pad_batch([Sample("a", torch.ones(3), "A", None), Sample("b", torch.full((5,), 2.0), "B", "s")])
     assert b["ids"] == ["a", "b"] and b["texts"] == ["A", "B"] and b["lengths"].tolist() == [3, 5]
     assert b["wav"].tolist() == [[1, 1, 1, 0, 0], [2, 2, 2, 2, 2]]
+
+
+def test_bucket_leftovers_are_packed_together_not_one_small_batch_per_bucket():
+    # One utterance in each of ten buckets: ten one-utterance batches before, now one batch.
+    samples = [_sample(f"u{i}", f) for i, f in enumerate([5, 9, 15, 25, 40, 70, 110, 180, 300, 400])]
+    edges = bucket_edges(5.0, 10, min_duration=0.05)
+    assert len({sum(s.wav.shape[0] / 16000 >= e for e in edges) for s in samples}) == 10
+    batches = list(bucket_batches(iter(samples), max_frames=4000, max_batch=16, boundaries=edges))
+    assert [[s.id for s in b] for b in batches] == [[f"u{i}" for i in range(10)]]  # sorted by length
+    # The frame budget still holds for the packed leftovers.
+    batches = list(bucket_batches(iter(samples), max_frames=800, max_batch=16, boundaries=edges))
+    assert sorted(s.id for b in batches for s in b) == sorted(s.id for s in samples)
+    assert all(len(b) * max(s.wav.shape[0] // HOP + 1 for s in b) <= 800 for b in batches)
+    assert len(batches) == 3  # [u0..u6] (7 x 111), [u7, u8] (2 x 301), [u9]
+
+
+def test_pad_batch_int16_is_lossless_for_16_bit_audio():
+    pcm = torch.tensor([0, 1, -1, 32767, -32768, 1234], dtype=torch.int16)
+    b = pad_batch([Sample("a", pcm.float() / 32768, "A", None), Sample("b", pcm[:2].float() / 32768, "B", None)],
+                  int16=True)
+    assert b["wav"].dtype == torch.int16
+    assert b["wav"][0].tolist() == pcm.tolist() and b["wav"][1].tolist() == [0, 1, 0, 0, 0, 0]

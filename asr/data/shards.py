@@ -169,12 +169,16 @@ def shuffled(items: Iterator, bufsize: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
-def pad_batch(samples: list[Sample]) -> dict:
-    """Samples -> {"ids", "texts", "speakers", "wav" (B, S max) zero-padded, "lengths" (B,)}."""
+def pad_batch(samples: list[Sample], int16: bool = False) -> dict:
+    """Samples -> {"ids", "texts", "speakers", "wav" (B, S max) zero-padded, "lengths" (B,)}.
+
+    ``int16``: "wav" as 16-bit PCM (lossless for shard audio, which is 16-bit FLAC): half the bytes
+    to pass from loader workers, pin and copy to the GPU; ``LogMel`` takes either.
+    """
     lengths = torch.tensor([s.wav.shape[0] for s in samples], dtype=torch.long)
-    wav = torch.zeros(len(samples), int(lengths.max()))
+    wav = torch.zeros(len(samples), int(lengths.max()), dtype=torch.int16 if int16 else torch.float32)
     for i, s in enumerate(samples):
-        wav[i, : s.wav.shape[0]] = s.wav
+        wav[i, : s.wav.shape[0]] = (s.wav * 32768).round_().clamp_(-32768, 32767) if int16 else s.wav
     return {"ids": [s.id for s in samples], "texts": [s.text for s in samples],
             "speakers": [s.speaker for s in samples], "wav": wav, "lengths": lengths}
 
@@ -187,19 +191,29 @@ def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, b
     """
     buckets: list[list[Sample]] = [[] for _ in range(len(boundaries) + 1)]
     longest = [0] * len(buckets)
+    def full(batch: list[Sample], longest: int, frames: int) -> bool:
+        return bool(batch) and ((len(batch) + 1) * max(longest, frames) > max_frames or len(batch) >= max_batch)
+
     for s in samples:
         frames = s.wav.shape[0] // HOP + 1
         k = sum(frames * HOP / 16000 >= b for b in boundaries)
-        b = buckets[k]
-        if b and ((len(b) + 1) * max(longest[k], frames) > max_frames or len(b) >= max_batch):
-            yield b
+        if full(buckets[k], longest[k], frames):
+            yield buckets[k]
             buckets[k], longest[k] = [], 0
-            b = buckets[k]
-        b.append(s)
+        buckets[k].append(s)
         longest[k] = max(longest[k], frames)
-    for b in buckets:
-        if b:
-            yield b
+    # What is left in the buckets, packed together by length: one part-filled batch per bucket would
+    # be up to num_buckets small, slow steps at the end of every loader worker's stream.
+    batch, longest_left = [], 0
+    for s in sorted((s for b in buckets for s in b), key=lambda s: s.wav.shape[0]):
+        frames = s.wav.shape[0] // HOP + 1
+        if full(batch, longest_left, frames):
+            yield batch
+            batch, longest_left = [], 0
+        batch.append(s)
+        longest_left = max(longest_left, frames)
+    if batch:
+        yield batch
 
 
 def bucket_edges(max_duration: float, num_buckets: int, min_duration: float = 1.0) -> list[float]:
@@ -298,7 +312,7 @@ class ShardBatches(IterableDataset):
         skip = max(0, -(-(self.skip_batches - worker) // num_workers))
         for i, b in enumerate(batches):
             if i >= skip:
-                batch = pad_batch(b)
+                batch = pad_batch(b, int16=True)
                 batch["problems"], self.problems = self.problems, []
                 yield batch
 
