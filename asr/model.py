@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from asr.config import ModelConfig
 from asr.features import length_mask
@@ -24,6 +24,16 @@ def subsampled_lengths(lengths: Tensor, stride: int = 4) -> Tensor:
     """Frames after ``stride``x subsampling, ceil(T / stride): one convolution of that stride (kernel
     2 * stride - 1, padding stride - 1) and, for 4, two stride-2 ones (kernel 3, padding 1) agree."""
     return torch.div(lengths - 1, stride, rounding_mode="floor") + 1
+
+
+def pack_index(lengths: Tensor, total: int) -> tuple[Tensor, Tensor]:
+    """Where a PackedSequence of ``lengths`` (B,) takes its rows from a (B, ``total``, D) batch-first
+    tensor flattened to (B * total, D), longest sequence first at each time step as
+    ``pack_padded_sequence`` orders them: (rows (sum(lengths),), batch_sizes (max(lengths),)), on the CPU."""
+    ordered, order = lengths.cpu().sort(descending=True, stable=True)
+    valid = torch.arange(total)[:, None] < ordered[None, :]  # (T, B): time-major, longest first
+    step, rank = valid.nonzero(as_tuple=True)
+    return order[rank] * total + step, valid.sum(1)[: int(ordered[0])]
 
 
 def reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
@@ -116,14 +126,29 @@ class AcousticModel(nn.Module):
         x = self.dropout(x)
         # The padded path needs the plain nn.LSTM's weights: quantized or export-wrapped LSTMs, and
         # traced graphs, take the packed path.
-        if x.device.type == "cpu" and type(self.lstm) is nn.LSTM and not torch.jit.is_tracing():
+        plain = type(self.lstm) is nn.LSTM and not torch.jit.is_tracing()
+        if plain and x.device.type == "cpu":
             x = self._lstm_padded(x, lengths)
+        elif plain:
+            x = self._lstm_packed(x, lengths)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out, _ = self.lstm(packed)
             x, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         logits = self.head(self.dropout(x))
         return torch.log_softmax(logits.float(), dim=-1), lengths
+
+    def _lstm_packed(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """x (B, T', H) -> (B, T', 2H), zero past each length: ``self.lstm`` over a PackedSequence made
+        and undone with one gather and one scatter. (pack_padded_sequence and pad_packed_sequence copy
+        once per time step, forward and backward: on an H100 those ~1,600 small copies a step cost
+        the 5 x 1024 model about a sixth of its step time.)"""
+        b, t = x.shape[:2]
+        idx, batch_sizes = pack_index(lengths, t)
+        idx = idx.to(x.device, non_blocking=True)
+        out, _ = self.lstm(PackedSequence(x.reshape(b * t, -1).index_select(0, idx), batch_sizes))
+        y = out.data
+        return y.new_zeros(b * t, y.shape[1]).index_copy(0, idx, y).view(b, t, -1)
 
     def _lstm_padded(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T', H) -> (B, T', 2H), zero past each length: ``self.lstm`` one direction at a time."""

@@ -179,3 +179,28 @@ def test_cpu_padded_lstm_equals_the_packed_lstm_with_its_gradients():
         grads.append([p.grad.clone() for p in model.lstm.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_index_packing_equals_pack_padded_sequence_forward_and_backward():
+    # The GPU path packs with one gather; it must match torch's pack/pad functions exactly.
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    from asr.config import ModelConfig
+    from asr.model import AcousticModel, pack_index
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 9, 3, 9, 1, 7])
+    _, batch_sizes = pack_index(lengths, 11)
+    ref = pack_padded_sequence(torch.zeros(6, 11, 1), lengths, batch_first=True, enforce_sorted=False)
+    assert torch.equal(batch_sizes, ref.batch_sizes)
+    model = AcousticModel(ModelConfig(hidden=8, layers=2, dropout=0.0), 4, 5).eval()
+    x = torch.randn(6, 11, 8, requires_grad=True)
+    ours = model._lstm_packed(x, lengths)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    theirs, _ = pad_packed_sequence(model.lstm(packed)[0], batch_first=True, total_length=11)
+    torch.testing.assert_close(ours, theirs)
+    w = torch.randn_like(ours)
+    g_ours = torch.autograd.grad((ours * w).sum(), [x, model.lstm.weight_hh_l0])
+    g_theirs = torch.autograd.grad((theirs * w).sum(), [x, model.lstm.weight_hh_l0])
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b)
+    # and the CPU's padded path agrees with both
+    torch.testing.assert_close(model._lstm_padded(x, lengths), ours)
