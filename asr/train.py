@@ -120,28 +120,34 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
         targets.append(t)
     if not keep:
         return None
+    # Everything the step reports is computed here, from host-side lengths: reading a GPU value
+    # (int(x.sum())) would wait for the forward pass to finish before the backward is launched.
+    kept_len = wav_len[keep]
+    flen_host = frame_lengths(kept_len, frontend.logmel.cfg)
+    ntok = sum(len(t) for t in targets)
+    # Targets go over before the audio and the forward are queued: a copy from pageable memory can
+    # wait for the queue.
+    tgt = torch.tensor([x for t in targets for x in t], dtype=torch.long).to(device)
+    tgt_len = torch.tensor([len(t) for t in targets], dtype=torch.long).to(device)
     # Copy the whole (pinned) batch, then select on the device: indexing on the host would make an
     # unpinned copy of the batch's audio (~250 MB at the large config's max_frames) every step.
     wav = batch["wav"].to(device, non_blocking=True)
-    wav_len = wav_len.to(device)
+    wav_len = wav_len.to(device, non_blocking=True)
     means = batch.get("means")
     means = None if means is None else means.to(device)
     if len(keep) < len(batch["texts"]):
-        idx = torch.tensor(keep, device=device)
+        idx = torch.tensor(keep).to(device)
         wav, wav_len, means = wav[idx], wav_len[idx], None if means is None else means[idx]
     feats, flen = frontend(wav, wav_len, means)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         log_probs, out_len = model(feats, flen)
     # CTC in fp32 whatever the autocast: the model returns float32 log-probs.
-    tgt = torch.tensor([x for t in targets for x in t], dtype=torch.long, device=device)
-    tgt_len = torch.tensor([len(t) for t in targets], dtype=torch.long, device=device)
     loss = F.ctc_loss(log_probs.float().transpose(0, 1), tgt, out_len, tgt_len, blank=0, reduction="sum",
                       zero_infinity=False)
-    ntok = int(tgt_len.sum())
-    frames = int(flen.sum())
+    frames = int(flen_host.clamp(max=feats.shape[1]).sum())
     stats = {"utts": len(keep), "tokens": ntok, "frames": frames,
              "padding": 1.0 - frames / (feats.shape[0] * feats.shape[1]),
-             "audio_s": float(wav_len.sum()) / 16000, "ids": [batch["ids"][i] for i in keep]}
+             "audio_s": float(kept_len.sum()) / 16000, "ids": [batch["ids"][i] for i in keep]}
     return loss / ntok, stats
 
 
