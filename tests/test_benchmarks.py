@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,3 +57,29 @@ def test_decode_benchmark_table_on_synthetic_emissions(tmp_path):
     assert len(beam) == 2 and abs(beam[0] - beam[1]) < 1e-9, "the CPU and batched searches agree"
     for r in rows.values():
         assert float(r[2].replace(",", "")) > 0  # audio seconds per second
+
+
+def test_long_shards_joins_clips_into_utterances_with_their_transcripts(train_shards, tmp_path):
+    from asr.data.shards import ShardBatches, resolve_shards
+    out = run_script("benchmarks/long_shards.py", "--src", *train_shards, "--out", str(tmp_path / "long"),
+                     "--hours", "0.01", "--per-shard", "3", "--jobs", "2")
+    assert "utterances" in out
+    src = {s.text: s.wav for s in ShardBatches(train_shards, 1, 1, shuffle=False).samples(train_shards)}
+    shards = resolve_shards(str(tmp_path / "long" / "train.index.json"))
+    longs = list(ShardBatches(shards, 1, 1, shuffle=False).samples(shards))
+    total = sum(s.wav.shape[0] for s in longs) / 16000
+    assert 36.0 <= total < 36.0 + 17.5  # the hours asked for, give or take the last utterance
+    assert len(shards) == -(-len(longs) // 3)
+    for s in longs:
+        assert s.wav.shape[0] / 16000 <= 17.5
+        # the transcript is the source clips' transcripts in order; the audio starts with the first
+        # clip and holds every clip plus a 50-300 ms pause between neighbours
+        parts, rest = [], s.text
+        while rest:
+            first = next(t for t in src if rest == t or rest.startswith(t + " "))
+            parts.append(first)
+            rest = rest[len(first) + 1:]
+        n = src[parts[0]].shape[0]
+        assert torch.allclose(s.wav[:n], src[parts[0]], atol=1 / 32768)
+        clips = sum(src[p].shape[0] for p in parts)
+        assert 0.05 * 16000 * (len(parts) - 1) <= s.wav.shape[0] - clips <= 0.3 * 16000 * (len(parts) - 1)
