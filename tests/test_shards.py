@@ -243,3 +243,33 @@ def test_pad_batch_int16_is_lossless_for_16_bit_audio():
                   int16=True)
     assert b["wav"].dtype == torch.int16
     assert b["wav"][0].tolist() == pcm.tolist() and b["wav"][1].tolist() == [0, 1, 0, 0, 0, 0]
+
+
+def test_shuffled_is_a_permutation_and_starts_after_initial_items():
+    import random as _random
+    from asr.data.shards import shuffled
+    for bufsize, initial in [(1, None), (5, None), (50, None), (50, 10), (1000, 200), (7, 100)]:
+        out = list(shuffled(iter(range(300)), bufsize, _random.Random(0), initial))
+        assert sorted(out) == list(range(300))
+        if bufsize > 1:
+            assert out != list(range(300))
+    consumed = []
+
+    def source():
+        for i in range(10_000):
+            consumed.append(i)
+            yield i
+
+    stream = shuffled(source(), 5000, _random.Random(1), initial=200)
+    next(stream)
+    assert len(consumed) <= 201  # not the whole 5,000-item buffer
+    rest = list(stream)
+    assert len(rest) == 9_999
+
+
+def test_first_batch_has_its_own_smaller_frame_budget():
+    samples = [_sample(f"u{i}", 50) for i in range(40)]
+    batches = list(bucket_batches(iter(samples), max_frames=1000, max_batch=100, boundaries=[], first_max_frames=200))
+    assert [len(b) for b in batches] == [4, 20, 16]
+    assert [s.id for b in batches for s in b] == [s.id for s in samples]
+    assert [len(b) for b in bucket_batches(iter(samples), 1000, 100, [])] == [20, 20]

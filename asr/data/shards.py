@@ -155,16 +155,26 @@ def shard_error(exn: Exception, shards: list[str]) -> str:
     return f"{url}: unreadable shard data ({why or type(exn).__name__})"
 
 
-def shuffled(items: Iterator, bufsize: int, rng: random.Random) -> Iterator:
-    """Approximate shuffle through a buffer of ``bufsize`` items."""
+def shuffled(items: Iterator, bufsize: int, rng: random.Random, initial: int | None = None) -> Iterator:
+    """Approximate shuffle through a buffer of up to ``bufsize`` items.
+
+    ``initial``: items flow out once this many are in, and the buffer keeps growing to ``bufsize``
+    (two in, one out), so a stream need not read a whole buffer before its first item (5,000
+    LibriSpeech utterances are ~1 GB of FLAC per loader worker). None: fill the buffer first.
+    """
+    initial = bufsize if initial is None else max(1, min(initial, bufsize))
+    it, end = iter(items), object()
     buf: list = []
-    for item in items:
-        if len(buf) < bufsize:
-            buf.append(item)
-            continue
-        i = rng.randrange(len(buf))
-        buf[i], item = item, buf[i]
-        yield item
+    for item in it:
+        buf.append(item)
+        if len(buf) >= initial:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+        if len(buf) < bufsize:  # read after yielding: the first item goes out as soon as it can
+            extra = next(it, end)
+            if extra is not end:
+                buf.append(extra)
     rng.shuffle(buf)
     yield from buf
 
@@ -183,16 +193,20 @@ def pad_batch(samples: list[Sample], int16: bool = False) -> dict:
             "speakers": [s.speaker for s in samples], "wav": wav, "lengths": lengths}
 
 
-def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, boundaries: list[float]) -> Iterator[list[Sample]]:
-    """Group samples of similar duration so that batch size x longest frames <= ``max_frames``.
+def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, boundaries: list[float],
+                   first_max_frames: int | None = None) -> Iterator[list[Sample]]:
+    """Group samples of similar duration so that batch size x longest frames <= ``max_frames``
+    (``first_max_frames`` for the first batch, if given).
 
     ``boundaries`` are bucket edges in seconds. An utterance longer than ``max_frames`` alone is
     still yielded, as a batch of one.
     """
     buckets: list[list[Sample]] = [[] for _ in range(len(boundaries) + 1)]
     longest = [0] * len(buckets)
+    budget = min(max_frames, first_max_frames or max_frames)
+
     def full(batch: list[Sample], longest: int, frames: int) -> bool:
-        return bool(batch) and ((len(batch) + 1) * max(longest, frames) > max_frames or len(batch) >= max_batch)
+        return bool(batch) and ((len(batch) + 1) * max(longest, frames) > budget or len(batch) >= max_batch)
 
     for s in samples:
         frames = s.wav.shape[0] // HOP + 1
@@ -200,6 +214,7 @@ def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, b
         if full(buckets[k], longest[k], frames):
             yield buckets[k]
             buckets[k], longest[k] = [], 0
+            budget = max_frames
         buckets[k].append(s)
         longest[k] = max(longest[k], frames)
     # What is left in the buckets, packed together by length: one part-filled batch per bucket would
@@ -283,7 +298,7 @@ class ShardBatches(IterableDataset):
         if rng is not None:
             # Shuffle the FLAC bytes, not decoded audio: 5000 utterances of 12 s are ~1 GB compressed
             # but ~4 GB as float32, in every loader worker.
-            raw = shuffled(raw, self.shuffle_buffer, rng)
+            raw = shuffled(raw, self.shuffle_buffer, rng, initial=min(200, self.shuffle_buffer))
         for r in raw:
             try:
                 s = decode_sample(r)
@@ -303,10 +318,15 @@ class ShardBatches(IterableDataset):
         self.problems: list[str] = []
         rng = random.Random(self.seed + 1000 * self.epoch + 7 * worker + 100003 * self.rank)
         stream = self.samples(self.my_shards(worker, num_workers), rng if self.shuffle else None)
-        batches = bucket_batches(stream, self.max_frames, self.max_batch, self.edges)
+        # A small first batch: a full one waits until one bucket holds max_frames of audio (an hour
+        # at the large config), which kept an H100 idle for 14-15 s at the start of every epoch.
+        batches = bucket_batches(stream, self.max_frames, self.max_batch, self.edges,
+                                 first_max_frames=self.max_frames // 8)
         if self.shuffle:
             # Buckets fill at different rates; a small shuffle keeps lengths from drifting within the epoch.
-            batches = shuffled(batches, 8, rng)
+            # (initial=1: waiting for eight full batches before the first would be eight hours of
+            # audio decoded per worker at the large config)
+            batches = shuffled(batches, 8, rng, initial=1)
         # A DataLoader takes batches from its workers in turn, so worker w produced every
         # num_workers-th of the batches already consumed.
         skip = max(0, -(-(self.skip_batches - worker) // num_workers))
