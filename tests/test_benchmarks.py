@@ -83,3 +83,12 @@ def test_long_shards_joins_clips_into_utterances_with_their_transcripts(train_sh
         assert torch.allclose(s.wav[:n], src[parts[0]], atol=1 / 32768)
         clips = sum(src[p].shape[0] for p in parts)
         assert 0.05 * 16000 * (len(parts) - 1) <= s.wav.shape[0] - clips <= 0.3 * 16000 * (len(parts) - 1)
+
+
+def test_first_batch_reports_when_each_batch_arrives(train_shards):
+    out = run_script("benchmarks/first_batch.py", "--shards", *train_shards, "--max-frames", "400",
+                     "--buckets", "2", "--shuffle-buffer", "20", "--batches", "3")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    times = [float(r[1]) for r in rows]
+    assert times == sorted(times) and all(int(r[2]) >= 1 for r in rows)
