@@ -8,6 +8,8 @@
 # Each stage is time-limited and runs whatever the one before did; logs go to OUT.
 #
 #   bash benchmarks/gpu_check.sh SRC_SHARDS OUT [EMISSIONS LM TUNE]
+# It needs the package's Python dependencies (soundfile, webdataset, jiwer, ...) importable and
+# `asr` on PYTHONPATH; the H100 runs of 2026-11-27 installed them from carried wheels first.
 # Smaller settings for a CPU dry run: DEVICE=cpu SIZES=2x64 HOURS=0.3 MAX_FRAMES=20000 STEPS=3 ...
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
