@@ -1,4 +1,4 @@
-"""The ``asr`` command: synth, prepare, shard, train, evaluate, transcribe, plot, export, lm.
+"""The ``asr`` command: synth, prepare, shard, train, evaluate, adapt, transcribe, plot, export, lm.
 
 Each subcommand reads files the previous stage wrote, so any stage can be rerun alone. A command
 that had to skip bad input says how many and why, and exits with status 3; with ``--strict`` it
@@ -254,6 +254,69 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from asr.adapt import AdaptConfig, adapt, load_samples
+    from asr.data.manifest import Utterance, read_manifest
+    from asr.decode.beam import BeamSearchDecoder
+    from asr.package import load_package, save_package
+    from asr.recognizer import Recognizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    problems: list[str] = []
+    if len(args.inputs) == 1 and args.inputs[0].endswith(".jsonl"):
+        utts = read_manifest(args.inputs[0], problems=problems)
+    else:  # untranscribed audio: one speaker, whatever the file names
+        from asr.audio import audio_duration
+        from asr.transcribe import collect_inputs
+
+        utts = []
+        for f in collect_inputs(list(args.inputs), problems):
+            try:
+                utts.append(Utterance(f.key, str(f.path), "", audio_duration(f.path), "target"))
+            except Exception as e:  # noqa: BLE001 - any unreadable header: report the file, go on
+                problems.append(f"{f.path}: cannot read audio ({e})")
+    long = [u for u in utts if u.duration > args.max_duration]
+    problems += [f"{u.audio}: {u.duration:.1f} s is longer than --max-duration {args.max_duration:g} s" for u in long]
+    utts = [u for u in utts if u.duration <= args.max_duration]
+    source = read_manifest(args.source, problems=problems) if args.source else []
+    pkg = load_package(args.model)
+    rec = Recognizer.from_package(pkg, _device(args.device))
+    decoder = BeamSearchDecoder(rec.tokenizer, args.lm, beam_size=args.beam_size, alpha=args.alpha, beta=args.beta)
+    given = {k: getattr(args, k) for k in ("rounds", "keep", "epochs", "lr", "source_utts")
+             if getattr(args, k) is not None}
+    cfg = dataclasses.replace(AdaptConfig(seed=args.seed), **given)
+    if not args.source:
+        cfg = dataclasses.replace(cfg, source_utts=0)
+    target, bad = load_samples(utts, "target")
+    problems += bad
+    if not target:
+        print("asr adapt: error: no readable target audio", file=sys.stderr)
+        return 2
+    import random
+
+    source = random.Random(cfg.seed).sample(source, min(cfg.source_utts, len(source)))
+    src, bad = load_samples(source, "source")
+    problems += bad
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out.with_suffix(".log.jsonl")
+    log_path.unlink(missing_ok=True)
+    records = adapt(rec, decoder, target, src, cfg, log_path)
+    meta = dict(pkg.meta, adapted={"from": str(args.model), "config": dataclasses.asdict(cfg), "lm": args.lm,
+                                   "alpha": args.alpha, "beta": args.beta, "target_utts": len(target),
+                                   "rounds": records})
+    save_package(out, rec.model, pkg.features, pkg.cmvn_mean, pkg.cmvn_std, rec.tokenizer, meta)
+    last = records[-1]
+    print(f"adapted on {len(target)} utterances ({last['pseudo_labelled']} pseudo-labelled in the last round, "
+          f"{len(src)} labelled source utterances mixed in) -> {out} (log: {log_path})")
+    return _report(problems, "utterances")
+
+
 def _decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", default="greedy", choices=["greedy", "beam", "beam-gpu"])
     p.add_argument("--lm", help="ARPA n-gram LM for beam search")
@@ -364,6 +427,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "(models trained with features.speaker_cmn; without it, each window by its own)")
     _decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("adapt", help="unsupervised speaker adaptation: self-train a model on untranscribed audio")
+    p.add_argument("model")
+    p.add_argument("inputs", nargs="+", help="a manifest (.jsonl; its texts are not used) or audio files, "
+                                             "folders or lists of paths, all of one speaker")
+    p.add_argument("-o", "--output", required=True, help="the adapted model package")
+    p.add_argument("--source", help="a labelled training manifest; some of it is mixed into each epoch "
+                                    "so that the model does not drift (recommended)")
+    p.add_argument("--source-utts", type=int, default=None)
+    p.add_argument("--lm", help="ARPA n-gram LM for the beam search that makes the pseudo-transcripts")
+    p.add_argument("--beam-size", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
+    p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--keep", type=float, default=None,
+                   help="share of the utterances (most confident first) used as transcripts each round")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning passes per round")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--max-duration", type=float, default=30.0, help="longer files are left out (seconds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("plot", help="training curves (loss, dev WER, learning rate) from train_log.jsonl -> PNG")
     p.add_argument("logs", nargs="+", help="train_log.jsonl files or experiment folders (several are overlaid)")

@@ -31,7 +31,7 @@ def test_recipe_runs_every_stage_and_keeps_the_test_speaker_out(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = ["bash", str(REPO / "recipes" / "digits" / "run.sh"), str(tmp_path / "fsdd"), "--test-speaker", "dora",
            "--dev-speaker", "carl", "--num-connected", "6", "--num-eval-connected", "3", "--speeds", "0.9 1.0",
-           "--epochs", "1", "--synth", "0", "--noise-prob", "0", "--jobs", "1", "--data", str(data), "--exp", str(exp), "--", *TINY]
+           "--epochs", "1", "--adapt-rounds", "1", "--synth", "0", "--noise-prob", "0", "--jobs", "1", "--data", str(data), "--exp", str(exp), "--", *TINY]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "test speaker dora: isolated WER" in proc.stdout
@@ -51,6 +51,11 @@ def test_recipe_runs_every_stage_and_keeps_the_test_speaker_out(tmp_path):
     assert math.isfinite(res["wer_isolated_beam_lm"]) and math.isfinite(res["wer_connected_beam_lm"])
     assert "[beam search + digit LM]" in proc.stdout
     assert (exp / "lm" / "tune.json").is_file()
+    # stage 6: the model adapted to the test speaker without its texts, scored with stage 5's decoder
+    assert math.isfinite(res["wer_isolated_adapted"]) and math.isfinite(res["wer_connected_adapted"])
+    assert "after unsupervised adaptation to the speaker" in proc.stdout
+    adapted = [json.loads(x) for x in (exp / "adapted" / "model.log.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in adapted] == [1] and adapted[0]["target_utts"] == 23
 
     # training saw the two training speakers only, at both speeds, in shuffled shards
     train_ids = shard_ids(data / "shards")

@@ -5,7 +5,7 @@
 #
 #   bash recipes/digits/run.sh [FSDD_DIR] [--test-speaker S] [--dev-speaker S] [--stage N] [--stop-stage M]
 #        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--synth-voices V] [--epochs E] [--seed S]
-#        [--beam-size K] [--force]
+#        [--beam-size K] [--adapt-rounds R] [--force]
 #
 # FSDD_DIR defaults to ../shared/data/fsdd (any folder of {digit}_{speaker}_{index}.wav works).
 # Writes data/digits/ (audio, manifests, shards) and exp/digits/ (model.pt, results.json, decode/).
@@ -27,6 +27,7 @@ synth_voices=90          # ... in this many voices (4,000 in 40 -> 8,000 in 90: 
 epochs=12
 train_minutes=9          # stop training after this long whatever the epoch (the 15-minute budget)
 beam_size=16
+adapt_rounds=4           # stage 6: rounds of unsupervised adaptation to the test speaker (0: no stage 6)
 seed=0
 jobs=$(nproc)
 stage=0
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     --train-minutes) train_minutes=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --beam-size) beam_size=$2; shift 2 ;;
+    --adapt-rounds) adapt_rounds=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
@@ -114,12 +116,27 @@ stage5() {  # beam search + a word 3-gram LM of the training transcripts (digit 
   done
 }
 
+stage6() {  # unsupervised adaptation to the test speaker: the model fine-tuned on its own confident
+            # beam + LM transcripts of the speaker's audio (never its texts), mixed with labelled
+            # training clips, a few rounds; then scored like stage 5
+  read -r a b < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["alpha"], r["beta"])' "$exp/lm/tune.json")
+  tolerate_skips asr adapt "$exp/model.pt" "$data/test.jsonl" -o "$exp/adapted/model.pt" --source "$data/train.jsonl" \
+    --lm "$exp/lm/lm.arpa" --alpha "$a" --beta "$b" --beam-size "$beam_size" --rounds "$adapt_rounds" --seed "$seed" \
+    --device cpu --threads "$jobs"
+  for set in test_isolated test_connected; do
+    tolerate_skips asr evaluate "$exp/adapted/model.pt" "$data/$set.jsonl" --decoder beam --lm "$exp/lm/lm.arpa" --alpha "$a" \
+      --beta "$b" --beam-size "$beam_size" --decode-workers "$jobs" --device cpu --threads 1 --no-report \
+      --out "$exp/decode/$set-adapted"
+  done
+}
+
 run_stage 0 "fsdd=$fsdd test=$test_speaker dev=$dev_speaker n=$num_connected/$num_eval_connected seed=$seed" stage0
 run_stage 1 "speeds=$speeds noise=$noise_prob synth=$synth voices=$synth_voices seed=$seed" stage1
 run_stage 2 "shuffle seed=$seed procs=$(train_procs)" stage2
 run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes jobs=$jobs conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
 run_stage 5 "beam=$beam_size" stage5
+if [ "$adapt_rounds" -gt 0 ]; then run_stage 6 "rounds=$adapt_rounds beam=$beam_size seed=$seed" stage6; fi
 
 # results.json: the pooled test WER (isolated + connected) under the DESIGN.md keys, each set
 # separately, the split, and what produced it.
@@ -159,12 +176,19 @@ for name in ("isolated", "connected"):  # stage 5, when it ran after this model
     f = exp / "decode" / f"test_{name}-beam-lm" / "results.json"
     if f.is_file() and f.stat().st_mtime >= (exp / "model.pt").stat().st_mtime:
         res[f"wer_{name}_beam_lm"] = json.loads(f.read_text())["wer"]
+    f = exp / "decode" / f"test_{name}-adapted" / "results.json"  # stage 6
+    if f.is_file() and f.stat().st_mtime >= (exp / "adapted" / "model.pt").stat().st_mtime:
+        res[f"wer_{name}_adapted"] = json.loads(f.read_text())["wer"]
 (exp / "results.json").write_text(json.dumps(res, indent=1) + "\n")
 print(f"test speaker {', '.join(split['test'])}: isolated WER {100 * iso['wer']:.2f}% ({iso['num_words']} words), "
       f"connected WER {100 * con['wer']:.2f}% ({con['num_words']} words) [greedy] -> {exp}/results.json")
 if "wer_isolated_beam_lm" in res and "wer_connected_beam_lm" in res:
     print(f"test speaker {', '.join(split['test'])}: isolated WER {100 * res['wer_isolated_beam_lm']:.2f}%, "
           f"connected WER {100 * res['wer_connected_beam_lm']:.2f}% [beam search + digit LM]")
+if "wer_isolated_adapted" in res and "wer_connected_adapted" in res:
+    print(f"test speaker {', '.join(split['test'])}: isolated WER {100 * res['wer_isolated_adapted']:.2f}%, "
+          f"connected WER {100 * res['wer_connected_adapted']:.2f}% [beam search + digit LM, after unsupervised "
+          f"adaptation to the speaker]")
 PY
 fi
 echo "recipe wall time this run: $(( $(date +%s) - t_start )) s"
