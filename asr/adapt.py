@@ -2,8 +2,9 @@
 untranscribed audio (self-training), a few rounds, each round decoding again with the adapted model.
 
 Each round: decode every target utterance with beam search (and the LM, when given); rank them by the
-margin between the best and second-best hypothesis; fine-tune the whole model for a few
-epochs on the most confident share as if its hypotheses were transcripts, mixed with labelled
+margin between the best and second-best hypothesis; fine-tune the whole model for a few epochs on
+the most confident share (half in the first round, more in each later one) as if its hypotheses
+were transcripts, mixed with labelled
 utterances of the training data so that the model does not drift towards what it already says
 (without them a model told only its own output starts deleting words after a few rounds).
 
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    rounds: int = 3
-    keep: float = 0.5  # share of the target utterances (the most confident) used as transcripts each round
+    rounds: int = 4
+    keep: float = 0.5  # share of the target utterances (the most confident) used as transcripts in round 1
+    keep_step: float = 0.15  # ... growing by this much each round (up to all of them) as the model adapts
     epochs: int = 5  # fine-tuning passes per round
     lr: float = 3e-4
     batch_size: int = 32
@@ -119,7 +121,7 @@ def adapt(rec: Recognizer, decoder: BeamSearchDecoder, target: list[Sample], sou
         t0 = time.perf_counter()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)  # fresh moments each round
         decoded = decode_with_margins(rec, decoder, target, means)
-        chosen = set(most_confident(decoded, cfg.keep))
+        chosen = set(most_confident(decoded, min(1.0, cfg.keep + rnd * cfg.keep_step)))
         items = [Sample(s.id, s.wav, decoded[s.id][0], s.speaker) for s in target if s.id in chosen] + source
         counters, losses = Counters(), []
         model.train()

@@ -287,7 +287,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     pkg = load_package(args.model)
     rec = Recognizer.from_package(pkg, _device(args.device))
     decoder = BeamSearchDecoder(rec.tokenizer, args.lm, beam_size=args.beam_size, alpha=args.alpha, beta=args.beta)
-    given = {k: getattr(args, k) for k in ("rounds", "keep", "epochs", "lr", "source_utts")
+    given = {k: getattr(args, k) for k in ("rounds", "keep", "keep_step", "epochs", "lr", "source_utts")
              if getattr(args, k) is not None}
     cfg = dataclasses.replace(AdaptConfig(seed=args.seed), **given)
     if not args.source:
@@ -435,16 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the adapted model package")
     p.add_argument("--source", help="a labelled training manifest; some of it is mixed into each epoch "
                                     "so that the model does not drift (recommended)")
-    p.add_argument("--source-utts", type=int, default=None)
+    p.add_argument("--source-utts", type=int, default=None, help="labelled clips mixed in (300)")
     p.add_argument("--lm", help="ARPA n-gram LM for the beam search that makes the pseudo-transcripts")
     p.add_argument("--beam-size", type=int, default=16)
     p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
     p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
-    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=None, help="decode + fine-tune rounds (4)")
     p.add_argument("--keep", type=float, default=None,
-                   help="share of the utterances (most confident first) used as transcripts each round")
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning passes per round")
-    p.add_argument("--lr", type=float, default=None)
+                   help="share of the utterances (most confident first) used as transcripts in round 1 (0.5)")
+    p.add_argument("--keep-step", type=float, default=None, help="... growing by this each round (0.15)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning passes per round (5)")
+    p.add_argument("--lr", type=float, default=None, help="(3e-4)")
     p.add_argument("--max-duration", type=float, default=30.0, help="longer files are left out (seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")

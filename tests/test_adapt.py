@@ -59,7 +59,7 @@ def test_adapt_learns_its_own_confident_hypotheses(talkative, tmp_path):
     chosen = [s for s in target if s.id in set(most_confident(first, 0.5))]
     labels = {s.id: first[s.id][0] for s in chosen}
     before = _ctc(rec, chosen, labels)
-    records = adapt(rec, decoder, target, source, AdaptConfig(rounds=1, keep=0.5, epochs=30, lr=1e-2,
+    records = adapt(rec, decoder, target, source, AdaptConfig(rounds=1, keep=0.5, keep_step=0.15, epochs=30, lr=1e-2,
                                                               source_utts=2), tmp_path / "log.jsonl")
     assert _ctc(rec, chosen, labels) < 0.7 * before
     assert records[0]["pseudo_labelled"] == len(chosen) == 3 and records[0]["source_utts"] == 2
@@ -71,11 +71,12 @@ def test_adapt_learns_its_own_confident_hypotheses(talkative, tmp_path):
 def test_adapt_does_not_read_the_target_texts(talkative, tmp_path, tiny_model_cfg):
     rec, target, source = talkative
     relabelled = [Sample(s.id, s.wav, "SOMETHING ELSE ENTIRELY", s.speaker) for s in target]
-    cfg = AdaptConfig(rounds=2, keep=0.5, epochs=2, source_utts=2)
+    cfg = AdaptConfig(rounds=2, keep=0.5, keep_step=0.25, epochs=2, source_utts=2)
     rec2 = Recognizer.from_package(load_package(_tiny_package(tmp_path / "m2.pt", tiny_model_cfg)))
     with torch.no_grad():
         rec2.model.head.bias[0] -= 3.0
-    adapt(rec, BeamSearchDecoder(rec.tokenizer, beam_size=4), target, source, cfg)
+    records = adapt(rec, BeamSearchDecoder(rec.tokenizer, beam_size=4), target, source, cfg)
+    assert [r["pseudo_labelled"] for r in records] == [3, 4], "the chosen share grows each round"
     adapt(rec2, BeamSearchDecoder(rec2.tokenizer, beam_size=4), relabelled, source, cfg)
     for (name, p), q in zip(rec.model.named_parameters(), rec2.model.parameters()):
         assert torch.equal(p, q), name
