@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Connected digits from real speech: FSDD (five male speakers, 8 kHz) -> speaker-disjoint isolated
 # and connected digit strings -> augmentation -> shards -> a small BiLSTM-CTC trained on the CPU ->
-# greedy (and beam + digit LM) WER on the held-out test speaker, isolated and connected.
+# greedy (and beam + digit LM) WER on the held-out test speaker, isolated and connected, and the same
+# after unsupervised adaptation to that speaker (stage 6: asr adapt, which never reads its texts).
 #
 #   bash recipes/digits/run.sh [FSDD_DIR] [--test-speaker S] [--dev-speaker S] [--stage N] [--stop-stage M]
 #        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--synth-voices V] [--epochs E] [--seed S]
