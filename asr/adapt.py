@@ -98,7 +98,8 @@ def most_confident(decoded: dict[str, tuple[str, float]], keep: float) -> list[s
     """Ids of the ``keep`` share of ``decoded`` with the largest margins; empty hypotheses are never chosen.
 
     (Taking the share within each hypothesis length instead, so that long strings are not crowded
-    out by short ones, was worse on the digits dev speaker: 15.7% mean WER against 14.4%.)"""
+    out by short ones, was worse on the digits dev speaker after three rounds without source clips,
+    15.7% mean WER against 14.7%, and no better with them, 14.4% both: benchmarks/RESULTS.md.)"""
     ids = sorted((u for u, (text, _) in decoded.items() if text), key=lambda u: -decoded[u][1])
     return ids[: int(round(keep * len(decoded)))]
 
