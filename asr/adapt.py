@@ -28,7 +28,8 @@ from asr.audio import AudioError, load_audio
 from asr.data.manifest import Utterance
 from asr.data.shards import Sample, pad_batch
 from asr.decode.beam import BeamSearchDecoder
-from asr.features import SpeakerMeans, batch_means
+from asr.evaluate import speaker_means
+from asr.features import batch_means
 from asr.metrics import score
 from asr.model import AcousticModel
 from asr.recognizer import Recognizer
@@ -59,16 +60,6 @@ def load_samples(utts: list[Utterance], what: str) -> tuple[list[Sample], list[s
             log.warning("skipped: %s", e)
             problems.append(str(e))
     return samples, problems
-
-
-def speaker_means(rec: Recognizer, samples: list[Sample]) -> dict[str, torch.Tensor]:
-    """Each speaker's mean raw log-mel (n_mels,) over ``samples`` (for a ``speaker_cmn`` model)."""
-    acc = SpeakerMeans(rec.frontend.logmel.cfg.n_mels)
-    with torch.inference_mode():
-        for batch in _batches(samples, 64):
-            feats, flen = rec.frontend.logmel.raw(batch["wav"].to(rec.device), batch["lengths"].to(rec.device))
-            acc.add(feats, flen, batch["speakers"])
-    return acc.means()
 
 
 def _batches(samples: list[Sample], size: int):
@@ -111,7 +102,9 @@ def adapt(rec: Recognizer, decoder: BeamSearchDecoder, target: list[Sample], sou
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     model: AcousticModel = rec.model
-    means = speaker_means(rec, target) if rec.frontend.logmel.cfg.speaker_cmn else None
+    means = None
+    if rec.frontend.logmel.cfg.speaker_cmn:  # evaluate's speaker pass, over batches of the loaded target
+        means = speaker_means(rec, ((b, []) for b in _batches(target, 64)), progress=False)
     source = rng.sample(source, min(cfg.source_utts, len(source)))
     # Source utterances are normalised by their own mean (their speakers are not in ``means``):
     # the way a speaker-CMN recipe trains (train.speaker_cmn_prob 0).
