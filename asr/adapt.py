@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, load_audio
+from asr.data.augment import speed_perturb
 from asr.data.manifest import Utterance
 from asr.data.shards import Sample, pad_batch
 from asr.decode.beam import BeamSearchDecoder
@@ -47,6 +48,10 @@ class AdaptConfig:
     lr: float = 3e-4
     batch_size: int = 32
     source_utts: int = 300  # labelled training utterances mixed into every epoch (0: none)
+    # The target is also heard played at these speeds: clips whose hypotheses agree at more of them
+    # are chosen first (the margin breaks ties), and fine-tuning draws each chosen clip at one of its
+    # speeds, 1.0 included, each epoch (empty: by margin alone, unperturbed).
+    speeds: tuple[float, ...] = (0.9, 0.95, 1.05, 1.1)
     seed: int = 0
 
 
@@ -85,14 +90,33 @@ def decode_with_margins(rec: Recognizer, decoder: BeamSearchDecoder, samples: li
     return out
 
 
-def most_confident(decoded: dict[str, tuple[str, float]], keep: float) -> list[str]:
-    """Ids of the ``keep`` share of ``decoded`` with the largest margins; empty hypotheses are never chosen.
+def most_confident(decoded: dict[str, tuple[str, float]], keep: float,
+                   agreement: dict[str, int] | None = None) -> list[str]:
+    """Ids of the ``keep`` share of ``decoded`` with the largest margins, those with the largest
+    ``agreement`` first where it is given; empty hypotheses are never chosen.
 
     (Taking the share within each hypothesis length instead, so that long strings are not crowded
     out by short ones, was worse on the digits dev speaker after three rounds without source clips,
     15.7% mean WER against 14.7%, and no better with them, 14.4% both: benchmarks/RESULTS.md.)"""
-    ids = sorted((u for u, (text, _) in decoded.items() if text), key=lambda u: -decoded[u][1])
+    agreement = agreement or {}
+    ids = sorted((u for u, (text, _) in decoded.items() if text), key=lambda u: (-agreement.get(u, 0), -decoded[u][1]))
     return ids[: int(round(keep * len(decoded)))]
+
+
+def speed_views(rec: Recognizer, target: list[Sample], speeds: tuple[float, ...]
+                ) -> tuple[list[list[Sample]], dict[str, torch.Tensor] | None]:
+    """``target`` as heard at 1.0 and at each of ``speeds``: one list per speed, 1.0 first, in
+    ``target``'s order; and, for a speaker-CMN model, every view's speaker means (evaluate's pass).
+    A perturbed view's speaker is named "SPEAKER@SPEED", so one dict holds the means of all views."""
+    views, means = [target], None
+    speeds = tuple(v for v in speeds if v != 1.0)
+    views += [[Sample(s.id, speed_perturb(s.wav, v), s.text, None if s.speaker is None else f"{s.speaker}@{v:g}")
+               for s in target] for v in speeds]
+    if rec.frontend.logmel.cfg.speaker_cmn:
+        means = {}
+        for heard in views:
+            means.update(speaker_means(rec, ((b, []) for b in _batches(heard, 64)), progress=False))
+    return views, means
 
 
 def adapt(rec: Recognizer, decoder: BeamSearchDecoder, target: list[Sample], source: list[Sample],
@@ -102,9 +126,7 @@ def adapt(rec: Recognizer, decoder: BeamSearchDecoder, target: list[Sample], sou
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     model: AcousticModel = rec.model
-    means = None
-    if rec.frontend.logmel.cfg.speaker_cmn:  # evaluate's speaker pass, over batches of the loaded target
-        means = speaker_means(rec, ((b, []) for b in _batches(target, 64)), progress=False)
+    views, means = speed_views(rec, target, cfg.speeds)
     source = rng.sample(source, min(cfg.source_utts, len(source)))
     # Source utterances are normalised by their own mean (their speakers are not in ``means``):
     # the way a speaker-CMN recipe trains (train.speaker_cmn_prob 0).
@@ -115,13 +137,21 @@ def adapt(rec: Recognizer, decoder: BeamSearchDecoder, target: list[Sample], sou
         t0 = time.perf_counter()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)  # fresh moments each round
         decoded = decode_with_margins(rec, decoder, target, means)
-        chosen = set(most_confident(decoded, min(1.0, cfg.keep + rnd * cfg.keep_step)))
-        items = [Sample(s.id, s.wav, decoded[s.id][0], s.speaker) for s in target if s.id in chosen] + source
+        agreement = dict.fromkeys(decoded, 0)
+        for heard in views[1:]:
+            for u, (text, _) in decode_with_margins(rec, decoder, heard, means).items():
+                agreement[u] += text == decoded[u][0]
+        chosen = set(most_confident(decoded, min(1.0, cfg.keep + rnd * cfg.keep_step), agreement))
+        picked = [j for j, s in enumerate(target) if s.id in chosen]
         counters, losses = Counters(), []
         model.train()
-        bar = tqdm(total=cfg.epochs * math.ceil(len(items) / cfg.batch_size), desc=f"adapt round {rnd + 1}",
-                   unit="batch", leave=False)
+        bar = tqdm(total=cfg.epochs * math.ceil((len(picked) + len(source)) / cfg.batch_size),
+                   desc=f"adapt round {rnd + 1}", unit="batch", leave=False)
         for _ in range(cfg.epochs):
+            # each chosen clip at one of its speeds: the speaker's voice a little higher or lower
+            # each time, its transcript the same (measured on the dev speaker: RESULTS.md)
+            items = [views[rng.randrange(len(views))][j] for j in picked]
+            items = [Sample(s.id, s.wav, decoded[s.id][0], s.speaker) for s in items] + source
             rng.shuffle(items)
             for i in range(0, len(items), cfg.batch_size):
                 batch = pad_batch(items[i : i + cfg.batch_size])

@@ -289,6 +289,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     decoder = BeamSearchDecoder(rec.tokenizer, args.lm, beam_size=args.beam_size, alpha=args.alpha, beta=args.beta)
     given = {k: getattr(args, k) for k in ("rounds", "keep", "keep_step", "epochs", "lr", "source_utts")
              if getattr(args, k) is not None}
+    if args.speeds is not None:
+        given["speeds"] = tuple(args.speeds)
     cfg = dataclasses.replace(AdaptConfig(seed=args.seed), **given)
     if not args.source:
         cfg = dataclasses.replace(cfg, source_utts=0)
@@ -446,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-step", type=float, default=None, help="... growing by this each round (0.15)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning passes per round (5)")
     p.add_argument("--lr", type=float, default=None, help="(3e-4)")
+    p.add_argument("--speeds", type=float, nargs="*", default=None,
+                   help="the target is also heard at these speeds: clips whose hypotheses agree at more "
+                        "of them are chosen first, and each is fine-tuned at one of its speeds "
+                        "(0.9 0.95 1.05 1.1; none given: by margin alone, unperturbed)")
     p.add_argument("--max-duration", type=float, default=30.0, help="longer files are left out (seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asr.adapt import AdaptConfig, adapt, decode_with_margins, most_confident
+from asr.adapt import AdaptConfig, adapt, decode_with_margins, most_confident, speed_views
 from asr.cli import main
 from asr.data.shards import Sample, pad_batch
 from asr.decode.beam import BeamSearchDecoder
@@ -25,6 +25,26 @@ def test_most_confident_takes_the_largest_margins():
     assert most_confident(decoded, 0.4) == ["a", "c"]
     assert sorted(most_confident(decoded, 1.0)) == list("abcd")
     assert most_confident(decoded, 0.0) == []
+    # where the hypotheses of the speed-perturbed copies agree more, that comes before the margin
+    assert most_confident(decoded, 0.4, {"a": 1, "b": 4, "c": 2, "d": 4}) == ["b", "d"]
+    assert most_confident(decoded, 0.6, {"a": 1, "b": 4, "c": 2, "d": 4, "e": 4}) == ["b", "d", "c"]
+
+
+def test_speed_views_hear_the_target_faster_and_slower(tmp_path, tiny_model_cfg):
+    import dataclasses
+
+    pkg = load_package(_tiny_package(tmp_path / "m.pt", tiny_model_cfg))
+    pkg = dataclasses.replace(pkg, features=dataclasses.replace(pkg.features, utterance_cmn=True, speaker_cmn=True))
+    rec = Recognizer.from_package(pkg)
+    target = [Sample(f"t{i}", torch.from_numpy(signal(1.0, seed=i)), "", spk) for i, spk in enumerate(["a", "a", None])]
+    views, means = speed_views(rec, target, (0.9, 1.0, 1.1))
+    assert len(views) == 3 and views[0] is target  # 1.0 once, first
+    assert [[s.id for s in v] for v in views] == [["t0", "t1", "t2"]] * 3
+    assert views[1][0].wav.shape[0] == pytest.approx(target[0].wav.shape[0] / 0.9, abs=2)
+    assert views[2][0].wav.shape[0] == pytest.approx(target[0].wav.shape[0] / 1.1, abs=2)
+    assert [s.speaker for s in views[1]] == ["a@0.9", "a@0.9", None]  # no speaker: its own mean, as at 1.0
+    assert set(means) == {"a", "a@0.9", "a@1.1"}
+    assert not torch.allclose(means["a"], means["a@1.1"])  # a faster voice has its own mean
 
 
 @pytest.fixture
