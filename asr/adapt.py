@@ -1,12 +1,13 @@
 """Unsupervised speaker adaptation: fine-tune a model on its own confident transcripts of a speaker's
 untranscribed audio (self-training), a few rounds, each round decoding again with the adapted model.
 
-Each round: decode every target utterance with beam search (and the LM, when given); rank them by the
-margin between the best and second-best hypothesis; fine-tune the whole model for a few epochs on
-the most confident share (half in the first round, more in each later one) as if its hypotheses
-were transcripts, mixed with labelled
-utterances of the training data so that the model does not drift towards what it already says
-(without them a model told only its own output starts deleting words after a few rounds).
+Each round: decode every target utterance with beam search (and the LM, when given), as recorded
+and played 0.9-1.1 times as fast; rank the utterances by how many of the perturbed copies give the
+same hypothesis, then by the margin between the best and second-best hypothesis; fine-tune the whole
+model for a few epochs on the most confident share (half in the first round, more in each later
+one) as if its hypotheses were transcripts, each epoch at a random one of the speeds, mixed with
+labelled utterances of the training data so that the model does not drift towards what it already
+says (without them a model told only its own output starts deleting words after a few rounds).
 
 The target manifest's texts are never used for training; where they exist, each round logs the WER
 of the chosen pseudo-transcripts, for the user to see how good the labels were.
