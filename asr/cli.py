@@ -283,7 +283,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     long = [u for u in utts if u.duration > args.max_duration]
     problems += [f"{u.audio}: {u.duration:.1f} s is longer than --max-duration {args.max_duration:g} s" for u in long]
     utts = [u for u in utts if u.duration <= args.max_duration]
-    source = read_manifest(args.source, problems=problems) if args.source else []
+    source = [u for m in args.source or [] for u in read_manifest(m, problems=problems)]
     pkg = load_package(args.model)
     rec = Recognizer.from_package(pkg, _device(args.device))
     decoder = BeamSearchDecoder(rec.tokenizer, args.lm, beam_size=args.beam_size, alpha=args.alpha, beta=args.beta)
@@ -435,8 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="a manifest (.jsonl; its texts are not used) or audio files, "
                                              "folders or lists of paths, all of one speaker")
     p.add_argument("-o", "--output", required=True, help="the adapted model package")
-    p.add_argument("--source", help="a labelled training manifest; some of it is mixed into each epoch "
-                                    "so that the model does not drift (recommended)")
+    p.add_argument("--source", nargs="+", help="labelled manifests (one or more, e.g. the training and dev "
+                                               "speakers); some of their clips are mixed into each epoch so "
+                                               "that the model does not drift (recommended)")
     p.add_argument("--source-utts", type=int, default=None, help="labelled clips mixed in (300)")
     p.add_argument("--lm", help="ARPA n-gram LM for the beam search that makes the pseudo-transcripts")
     p.add_argument("--beam-size", type=int, default=16)

@@ -127,3 +127,27 @@ def test_cli_says_when_no_audio_is_readable(tmp_path, tiny_model_cfg, capsys):
     assert main(["adapt", str(pkg), str(tmp_path / "a"), "-o", str(tmp_path / "x.pt"), "--device", "cpu"]) == 2
     assert "no readable target audio" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_cli_mixes_in_labelled_clips_from_every_source_manifest(tmp_path, tiny_model_cfg, capsys):
+    from asr.data.manifest import Utterance, write_manifest
+
+    pkg = _tiny_package(tmp_path / "m.pt", tiny_model_cfg)
+    for i in range(3):
+        write_audio(tmp_path / "target" / f"clip{i}.wav", 0.5 + 0.1 * i, seed=i)
+    manifests = []
+    for name, n in (("train", 2), ("dev", 3)):  # e.g. the training speakers and the dev speaker
+        utts = []
+        for i in range(n):
+            wav = tmp_path / name / f"{i}.wav"
+            write_audio(wav, 0.6, seed=20 + 5 * len(manifests) + i)
+            utts.append(Utterance(f"{name}{i}", str(wav), "AB", 0.6, name))
+        write_manifest(tmp_path / f"{name}.jsonl", utts)
+        manifests.append(str(tmp_path / f"{name}.jsonl"))
+    (tmp_path / "dev" / "1.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")  # one bad labelled clip
+    out = tmp_path / "adapted.pt"
+    rc = main(["adapt", str(pkg), str(tmp_path / "target"), "-o", str(out), "--source", *manifests,
+               "--rounds", "1", "--epochs", "1", "--keep", "1.0", "--speeds", "--device", "cpu", "--threads", "1"])
+    assert rc == 3 and "1.wav" in capsys.readouterr().err
+    # 2 + 3 labelled clips offered, the broken one reported and skipped
+    assert load_package(out).meta["adapted"]["rounds"][0]["source_utts"] == 4
