@@ -56,6 +56,8 @@ def test_recipe_runs_every_stage_and_keeps_the_test_speaker_out(tmp_path):
     assert "after unsupervised adaptation to the speaker" in proc.stdout
     adapted = [json.loads(x) for x in (exp / "adapted" / "model.log.jsonl").read_text().splitlines()]
     assert [r["round"] for r in adapted] == [1] and adapted[0]["target_utts"] == 23
+    # labelled clips of the training speakers (2 x 26) and of the dev speaker (23), who has chosen by now
+    assert adapted[0]["source_utts"] == 52 + 23
 
     # training saw the two training speakers only, at both speeds, in shuffled shards
     train_ids = shard_ids(data / "shards")

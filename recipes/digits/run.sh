@@ -6,7 +6,8 @@
 #
 #   bash recipes/digits/run.sh [FSDD_DIR] [--test-speaker S] [--dev-speaker S] [--stage N] [--stop-stage M]
 #        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--synth-voices V] [--epochs E] [--seed S]
-#        [--beam-size K] [--adapt-rounds R] [--adapt-speeds "0.9 0.95 1.05 1.1"] [--force]
+#        [--beam-size K] [--adapt-rounds R] [--adapt-speeds "0.9 0.95 1.05 1.1"] [--adapt-labelled "train dev"]
+#        [--force]
 #
 # FSDD_DIR defaults to ../shared/data/fsdd (any folder of {digit}_{speaker}_{index}.wav works).
 # Writes data/digits/ (audio, manifests, shards) and exp/digits/ (model.pt, results.json, decode/).
@@ -30,6 +31,8 @@ train_minutes=9          # stop training after this long whatever the epoch (the
 beam_size=16
 adapt_rounds=4           # stage 6: rounds of unsupervised adaptation to the test speaker (0: no stage 6)
 adapt_speeds="0.9 0.95 1.05 1.1"  # ... hearing the speaker at these speeds too ("": by margin alone)
+adapt_labelled="train dev"  # ... with labelled clips of these sets mixed in: the dev speaker is a fourth
+                            # real voice once stages 3-5 have used it to choose (RESULTS.md)
 seed=0
 jobs=$(nproc)
 stage=0
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
     --beam-size) beam_size=$2; shift 2 ;;
     --adapt-rounds) adapt_rounds=$2; shift 2 ;;
     --adapt-speeds) adapt_speeds=$2; shift 2 ;;
+    --adapt-labelled) adapt_labelled=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
@@ -121,11 +125,14 @@ stage5() {  # beam search + a word 3-gram LM of the training transcripts (digit 
 
 stage6() {  # unsupervised adaptation to the test speaker: the model fine-tuned on its own confident
             # beam + LM transcripts of the speaker's audio (never its texts; confident: the same
-            # at several speeds, then by margin), mixed with labelled training clips, a few rounds;
-            # then scored like stage 5
+            # at several speeds, then by margin), mixed with labelled clips of the training and dev
+            # speakers, a few rounds; then scored like stage 5
   read -r a b < <(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["alpha"], r["beta"])' "$exp/lm/tune.json")
+  local source=() set
+  for set in $adapt_labelled; do source+=("$data/$set.jsonl"); done
+  [ ${#source[@]} -eq 0 ] || source=(--source "${source[@]}")
   # shellcheck disable=SC2086  # $adapt_speeds: one argument per speed
-  tolerate_skips asr adapt "$exp/model.pt" "$data/test.jsonl" -o "$exp/adapted/model.pt" --source "$data/train.jsonl" \
+  tolerate_skips asr adapt "$exp/model.pt" "$data/test.jsonl" -o "$exp/adapted/model.pt" "${source[@]}" \
     --lm "$exp/lm/lm.arpa" --alpha "$a" --beta "$b" --beam-size "$beam_size" --rounds "$adapt_rounds" --seed "$seed" \
     --speeds $adapt_speeds --device cpu --threads "$jobs"
   for set in test_isolated test_connected; do
@@ -141,7 +148,7 @@ run_stage 2 "shuffle seed=$seed procs=$(train_procs)" stage2
 run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes jobs=$jobs conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
 run_stage 4 "greedy" stage4
 run_stage 5 "beam=$beam_size" stage5
-if [ "$adapt_rounds" -gt 0 ]; then run_stage 6 "rounds=$adapt_rounds speeds=$adapt_speeds beam=$beam_size seed=$seed" stage6; fi
+if [ "$adapt_rounds" -gt 0 ]; then run_stage 6 "rounds=$adapt_rounds speeds=$adapt_speeds labelled=$adapt_labelled beam=$beam_size seed=$seed" stage6; fi
 
 # results.json: the pooled test WER (isolated + connected) under the DESIGN.md keys, each set
 # separately, the split, and what produced it.
