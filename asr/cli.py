@@ -284,6 +284,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     problems += [f"{u.audio}: {u.duration:.1f} s is longer than --max-duration {args.max_duration:g} s" for u in long]
     utts = [u for u in utts if u.duration <= args.max_duration]
     source = [u for m in args.source or [] for u in read_manifest(m, problems=problems)]
+    # A target clip among the labelled ones would teach the model the target's own texts.
+    heard = {os.path.realpath(u.audio) for u in utts}
+    mixed = [u for u in source if os.path.realpath(u.audio) in heard]
+    if mixed:
+        print(f"asr adapt: warning: {len(mixed)} --source clips are also target audio (e.g. {mixed[0].audio}); "
+              "left out of the labelled clips", file=sys.stderr)
+        source = [u for u in source if os.path.realpath(u.audio) not in heard]
     pkg = load_package(args.model)
     rec = Recognizer.from_package(pkg, _device(args.device))
     decoder = BeamSearchDecoder(rec.tokenizer, args.lm, beam_size=args.beam_size, alpha=args.alpha, beta=args.beta)

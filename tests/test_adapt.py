@@ -151,3 +151,22 @@ def test_cli_mixes_in_labelled_clips_from_every_source_manifest(tmp_path, tiny_m
     assert rc == 3 and "1.wav" in capsys.readouterr().err
     # 2 + 3 labelled clips offered, the broken one reported and skipped
     assert load_package(out).meta["adapted"]["rounds"][0]["source_utts"] == 4
+
+
+def test_cli_leaves_target_clips_out_of_the_labelled_ones(tmp_path, tiny_model_cfg, capsys):
+    from asr.data.manifest import Utterance, write_manifest
+
+    pkg = _tiny_package(tmp_path / "m.pt", tiny_model_cfg)
+    clips = [tmp_path / "spk" / f"clip{i}.wav" for i in range(3)]
+    for i, c in enumerate(clips):
+        write_audio(c, 0.6, seed=i)
+    # the labelled manifest wrongly holds the target speaker too: its texts must not be learnt
+    write_manifest(tmp_path / "train.jsonl", [Utterance(f"u{i}", str(c), "AB", 0.6, "spk") for i, c in enumerate(clips)]
+                   + [Utterance("other", str(tmp_path / "o.wav"), "AB", 0.6, "other")])
+    write_audio(tmp_path / "o.wav", 0.6, seed=9)
+    out = tmp_path / "adapted.pt"
+    rc = main(["adapt", str(pkg), *map(str, clips[:2]), "-o", str(out), "--source", str(tmp_path / "train.jsonl"),
+               "--rounds", "1", "--epochs", "1", "--keep", "1.0", "--speeds", "--device", "cpu", "--threads", "1"])
+    assert rc == 0
+    assert "2 --source clips are also target audio" in capsys.readouterr().err
+    assert load_package(out).meta["adapted"]["rounds"][0]["source_utts"] == 2  # clip2 and other
