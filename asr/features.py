@@ -19,6 +19,14 @@ def frame_lengths(lengths: Tensor, cfg: FeatureConfig) -> Tensor:
     return torch.div(lengths, hop, rounding_mode="floor") + 1
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on ``device`` without stalling the host: a plain copy to a GPU first waits for
+    all the work queued on it (a stream sync); a non-blocking copy from pinned memory does not."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(B, max_len) bool mask, True on valid positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
@@ -160,8 +168,8 @@ def spec_augment(feats: Tensor, lengths: Tensor, cfg: SpecAugConfig, generator: 
     B, T, F = feats.shape
     dev = feats.device
 
-    def rand(*shape: int) -> Tensor:
-        return torch.rand(*shape, generator=generator).to(dev)
+    def rand(*shape: int) -> Tensor:  # drawn on the host: the same masks on CPU and GPU for a seed
+        return to_device(torch.rand(*shape, generator=generator), dev)
 
     if cfg.freq_warp > 0:
         # band k takes the value at k * alpha (linear interpolation; past the top band, the top band)

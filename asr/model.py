@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from asr.config import ModelConfig
-from asr.features import length_mask
+from asr.features import length_mask, to_device
 
 
 def subsampled_lengths(lengths: Tensor, stride: int = 4) -> Tensor:
@@ -121,8 +121,14 @@ class AcousticModel(nn.Module):
                     p[h : 2 * h].fill_(0.0)
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """feats (B, T, F), lengths (B,) -> log_probs (B, T', V) float32, out_lengths (B,)."""
-        x, lengths = self.subsample(feats, lengths)
+        """feats (B, T, F), lengths (B,) -> log_probs (B, T', V) float32, out_lengths (B,) on the
+        device of ``lengths``.
+
+        ``lengths`` may be on the host while ``feats`` are on a GPU: the packed layout is then made
+        from them, where GPU lengths would have to be read back (a sync that idles the GPU).
+        """
+        host = subsampled_lengths(lengths, self.cfg.stride) if lengths.device.type == "cpu" else None
+        x, lengths = self.subsample(feats, to_device(lengths, feats.device))
         x = self.dropout(x)
         # The padded path needs the plain nn.LSTM's weights: quantized or export-wrapped LSTMs, and
         # traced graphs, take the packed path.
@@ -130,22 +136,23 @@ class AcousticModel(nn.Module):
         if plain and x.device.type == "cpu":
             x = self._lstm_padded(x, lengths)
         elif plain:
-            x = self._lstm_packed(x, lengths)
+            x = self._lstm_packed(x, lengths if host is None else host)
         else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed = pack_padded_sequence(x, (lengths if host is None else host).cpu(), batch_first=True,
+                                          enforce_sorted=False)
             out, _ = self.lstm(packed)
             x, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         logits = self.head(self.dropout(x))
-        return torch.log_softmax(logits.float(), dim=-1), lengths
+        return torch.log_softmax(logits.float(), dim=-1), lengths if host is None else host
 
     def _lstm_packed(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T', H) -> (B, T', 2H), zero past each length: ``self.lstm`` over a PackedSequence made
         and undone with one gather and one scatter. (pack_padded_sequence and pad_packed_sequence copy
         once per time step, forward and backward: on an H100 those small copies took about a quarter
-        of the 5 x 1024 model's GPU time.)"""
+        of the 5 x 1024 model's GPU time.) ``lengths`` (B,): on the host, or they are read back."""
         b, t = x.shape[:2]
         idx, batch_sizes = pack_index(lengths, t)
-        idx = idx.to(x.device, non_blocking=True)
+        idx = to_device(idx, x.device)
         out, _ = self.lstm(PackedSequence(x.reshape(b * t, -1).index_select(0, idx), batch_sizes))
         y = out.data
         return y.new_zeros(b * t, y.shape[1]).index_copy(0, idx, y).view(b, t, -1)

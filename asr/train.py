@@ -32,11 +32,12 @@ from asr.data.manifest import Utterance
 from asr.data.shards import ShardBatches, shard_metadata
 from asr.decode.greedy import GreedyDecoder
 from asr.evaluate import decode_utterances
-from asr.features import CMVNAccumulator, FeatureExtractor, SpeakerMeans, batch_means, frame_lengths
+from asr.features import CMVNAccumulator, FeatureExtractor, SpeakerMeans, batch_means, frame_lengths, to_device
 from asr.metrics import score
-from asr.model import AcousticModel, subsampled_lengths
+from asr.model import AcousticModel
 from asr.package import PackageError, atomic_save, read_checked, save_package, state_digest
 from asr.recognizer import Recognizer
+from asr.targets import Labeler
 from asr.text import (Tokenizer, TokenizerError, build_tokenizer, load_sentencepiece, normalize,
                       tokenizer_from_state)
 
@@ -64,15 +65,6 @@ def setup_distributed(device: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def batch_targets(texts: list[str], tokenizer: Tokenizer) -> list[list[int]]:
-    return [tokenizer.encode(normalize(t)) for t in texts]
-
-
-def ctc_min_frames(target: list[int]) -> int:
-    """Frames CTC needs for ``target``: one per token plus a blank between repeated tokens."""
-    return len(target) + sum(1 for a, b in zip(target, target[1:]) if a == b)
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on: too many non-finite losses in a row, a checkpoint that cannot be
     written, or (with ``strict``) the first bad input. The message says which and names the data."""
@@ -92,62 +84,37 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     """CTC loss (sum over the batch / target tokens) of one batch; None if no utterance is usable.
     ``bf16``: run the model under bf16 autocast on ``device`` (the CTC loss stays fp32).
 
-    Utterances whose label cannot be aligned to their subsampled frames (CTC-infeasible) or cannot be
-    tokenized are dropped and counted, so they never produce an infinite loss.
+    Batches from the training loader come labelled by its workers (``asr.targets.Labeler``); others
+    are labelled here. Utterances left out (CTC-infeasible: their loss would be infinite; or
+    untokenizable) are counted in ``counters``. Nothing here reads a value back from the device, so
+    on a GPU the host queues the forward pass without waiting for it (the CTC loss itself copies its
+    lengths to the GPU, which does wait).
     """
-    wav_len = batch["lengths"]
-    stride = getattr(model, "module", model).cfg.stride  # model may be wrapped in DDP
-    out_len = subsampled_lengths(frame_lengths(wav_len, frontend.logmel.cfg), stride)
-    keep, targets = [], []
-    for i, text in enumerate(batch["texts"]):
-        uid = batch["ids"][i]
-        try:
-            t = tokenizer.encode(normalize(text))
-        except TokenizerError as e:
-            counters.untokenizable += 1
-            counters.problems[uid] = f"{uid}: transcript cannot be tokenized ({e})"
-            continue
-        if not t:
-            counters.infeasible += 1
-            counters.problems[uid] = f"{uid}: transcript {text!r} is empty after normalization"
-            continue
-        if ctc_min_frames(t) > int(out_len[i]):
-            counters.infeasible += 1
-            counters.problems[uid] = (f"{uid}: label needs {ctc_min_frames(t)} frames but the audio gives "
-                                      f"{int(out_len[i])} (CTC-infeasible)")
-            continue
-        keep.append(i)
-        targets.append(t)
-    if not keep:
+    if "targets" not in batch:
+        stride = getattr(model, "module", model).cfg.stride  # model may be wrapped in DDP
+        batch = Labeler(tokenizer, frontend.logmel.cfg, stride)(batch)
+    for uid, kind, why in batch["dropped"]:
+        setattr(counters, kind, getattr(counters, kind) + 1)
+        counters.problems[uid] = why
+    if not batch["ids"]:
         return None
-    # Everything the step reports is computed here, from host-side lengths: reading a GPU value
-    # (int(x.sum())) would wait for the forward pass to finish before the backward is launched.
-    kept_len = wav_len[keep]
-    flen_host = frame_lengths(kept_len, frontend.logmel.cfg)
-    ntok = sum(len(t) for t in targets)
-    # Targets go over before the audio and the forward are queued: a copy from pageable memory can
-    # wait for the queue.
-    tgt = torch.tensor([x for t in targets for x in t], dtype=torch.long).to(device)
-    tgt_len = torch.tensor([len(t) for t in targets], dtype=torch.long).to(device)
-    # Copy the whole (pinned) batch, then select on the device: indexing on the host would make an
-    # unpinned copy of the batch's audio (~250 MB at the large config's max_frames) every step.
-    wav = batch["wav"].to(device, non_blocking=True)
-    wav_len = wav_len.to(device, non_blocking=True)
+    # Lengths stay on the host: what the step reports and the packed LSTM's layout come from them.
+    wav_len = batch["lengths"]
+    ntok = int(batch["target_lengths"].sum())
+    tgt = to_device(batch["targets"], device)
+    wav = to_device(batch["wav"], device)  # pinned by the loader: no copy on the host
     means = batch.get("means")
-    means = None if means is None else means.to(device)
-    if len(keep) < len(batch["texts"]):
-        idx = torch.tensor(keep).to(device)
-        wav, wav_len, means = wav[idx], wav_len[idx], None if means is None else means[idx]
-    feats, flen = frontend(wav, wav_len, means)
+    feats, _ = frontend(wav, to_device(wav_len, device), None if means is None else to_device(means, device))
+    flen = frame_lengths(wav_len, frontend.logmel.cfg).clamp(max=feats.shape[1])
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         log_probs, out_len = model(feats, flen)
     # CTC in fp32 whatever the autocast: the model returns float32 log-probs.
-    loss = F.ctc_loss(log_probs.float().transpose(0, 1), tgt, out_len, tgt_len, blank=0, reduction="sum",
-                      zero_infinity=False)
-    frames = int(flen_host.clamp(max=feats.shape[1]).sum())
-    stats = {"utts": len(keep), "tokens": ntok, "frames": frames,
+    loss = F.ctc_loss(log_probs.float().transpose(0, 1), tgt, out_len, batch["target_lengths"], blank=0,
+                      reduction="sum", zero_infinity=False)
+    frames = int(flen.sum())
+    stats = {"utts": len(wav_len), "tokens": ntok, "frames": frames,
              "padding": 1.0 - frames / (feats.shape[0] * feats.shape[1]),
-             "audio_s": float(kept_len.sum()) / 16000, "ids": [batch["ids"][i] for i in keep]}
+             "audio_s": float(wav_len.sum()) / 16000, "ids": list(batch["ids"])}
     return loss / ntok, stats
 
 
@@ -369,6 +336,9 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             dist.broadcast(stats, 0)
             cmvn = (stats[0].cpu(), stats[1].cpu())
     frontend.cmvn.set_stats(cmvn[0].to(dev_t), cmvn[1].to(dev_t))
+    # From here on the loader workers also tokenize and leave out what CTC cannot train on (the CMVN
+    # and speaker statistics above are over all the audio, as before).
+    data.label = Labeler(tokenizer, cfg.features, cfg.model.stride)
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size).to(dev_t)
     if state:
         model.load_state_dict(state["model"])
@@ -471,38 +441,54 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             sync = micro == 0 or dd.world == 1
             with net.no_sync() if not sync else contextlib.nullcontext():
                 out = compute_loss(net, frontend, batch, tokenizer, dev_t, use_bf16, counters)
-                ok = out is not None and bool(torch.isfinite(out[0]))
                 if dd.world > 1:
                     # All ranks agree before backward (where DDP all-reduces): if any rank's loss is
                     # unusable, every rank skips this batch, so none waits for the others.
+                    ok = out is not None and bool(torch.isfinite(out[0]))
                     flag = torch.tensor([1.0 if ok else 0.0], device=dev_t)
                     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
                     ok = bool(flag.item() == 1.0)
+                else:
+                    # One process queues the backward pass at once: looking at the loss first would
+                    # leave the GPU idle while the host waits for the forward pass, then launches.
+                    ok = out is not None
                 if ok:
                     (out[0] / tc.accum_steps).backward()
             if strict and len(counters.problems) > left_out:
                 fail(f"--strict: {list(counters.problems.values())[left_out]}")
-            if out is not None and not torch.isfinite(out[0]):
+            # The step's one read from the device: the loss, and at the end of an accumulation the
+            # gradient norm (non-finite gradients skip the step as a non-finite loss does).
+            loss_v, gnorm = float("nan"), None
+            if out is not None:
+                loss_t = out[0].detach().float()
+                if ok and micro == 0:
+                    norm_t = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    loss_v, gnorm = torch.stack([loss_t, norm_t.float()]).tolist()
+                else:
+                    loss_v = loss_t.item()
+            bad = None if out is None else ("loss", loss_v) if not math.isfinite(loss_v) else (
+                ("gradient norm", gnorm) if gnorm is not None and not math.isfinite(gnorm) else None)
+            if bad is not None:
                 counters.nonfinite += 1
                 counters.nonfinite_run += 1
                 ids = ", ".join(out[1]["ids"])
-                log.warning("non-finite loss, batch skipped (ids %s)", ids)
-                skipped.add(f"non-finite loss ({out[0].item()}) in the batch of {ids}; batch skipped")
+                log.warning("non-finite %s, batch skipped (ids %s)", bad[0], ids)
+                skipped.add(f"non-finite {bad[0]} ({bad[1]}) in the batch of {ids}; batch skipped")
                 if strict or counters.nonfinite_run >= tc.max_nonfinite:
                     fail(f"{counters.nonfinite_run} non-finite loss(es) in a row (train.max_nonfinite="
                          f"{tc.max_nonfinite}); last batch: {ids}")
+                ok = False
             if not ok:
                 if out is not None or dd.world > 1:
                     opt.zero_grad(set_to_none=True)
                 continue
-            loss, stats = out
+            stats = out[1]
             counters.nonfinite_run = 0
-            sums["loss"] += loss.item() * stats["tokens"]
+            sums["loss"] += loss_v * stats["tokens"]
             sums["tokens"] += stats["tokens"]
             sums["audio_s"] += stats["audio_s"]
             if micro != 0:
                 continue
-            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
             opt.step()
             elapsed = time.time() - t_start
             if dd.world > 1 and tc.max_minutes > 0:
@@ -521,7 +507,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             if dd.main and step % tc.log_every == 0:
                 now = time.time()
                 # audio_x: seconds of audio trained per wall second since the epoch began, all ranks.
-                rec = {"step": step, "epoch": epoch + 1, "loss": round(loss.item(), 4), "lr": sched.get_last_lr()[0],
+                rec = {"step": step, "epoch": epoch + 1, "loss": round(loss_v, 4), "lr": sched.get_last_lr()[0],
                        "grad_norm": round(gnorm, 3), "padding": round(stats["padding"], 3), "batch_utts": stats["utts"],
                        "audio_x": round(sums["audio_s"] * dd.world / max(now - t_epoch, 1e-6), 1),
                        "data_wait": round(data_wait / max(now - t_epoch, 1e-6), 3), "time": round(now - t_start, 1)}

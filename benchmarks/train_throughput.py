@@ -4,7 +4,9 @@ For each model size, runs the real training step (GPU/CPU features + SpecAugment
 packed BiLSTM, CTC in fp32, backward, clip, AdamW) for a fixed number of steps from shards, then
 times a bare ``nn.LSTM`` forward+backward on the very batch shapes the trainer saw. Prints a
 Markdown table: audio seconds per wall second (x real time), padding fraction, the share of wall
-time spent waiting on data, and our throughput as a percentage of the bare LSTM's.
+time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
+host-device synchronisations per step (each one idles the GPU while the host catches up; with
+``--profile``, where they come from).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
+from collections import Counter
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,6 +28,7 @@ from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
 from asr.data.shards import ShardBatches, resolve_shards
 from asr.features import FeatureExtractor
 from asr.model import AcousticModel
+from asr.targets import Labeler
 from asr.text import CharTokenizer
 from asr.train import Counters, compute_loss
 
@@ -40,20 +45,22 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
     data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0)
+    data.label = Labeler(tok, FeatureConfig(), model.cfg.stride)  # in the loader workers, as asr train does
     loader = DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if args.workers else None)
     counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
 
     def train_step(batch: dict) -> dict | None:
+        """asr train's step; like it, one read from the device (loss and gradient norm) a step."""
         out = compute_loss(model, frontend, batch, tok, device, args.bf16 and device.type == "cuda", counters)
         if out is None:
             return None
         loss, stats = out
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.stack([loss.detach().float(), norm.float()]).tolist()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        sync(device)
         return stats
 
     epoch = 0
@@ -80,11 +87,37 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
             frames = int(batch["lengths"].max()) // 160 + 1
             shapes.append((stats["utts"], (frames + 3) // 4, stats["audio_s"]))
         step += 1
+    sync(device)
+    step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
+    syncs = count_syncs(train_step, it, size, args.profile) if device.type == "cuda" else None
     if args.profile:
         profile_steps(train_step, it, size, args.profile, device)
     return {"size": size, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
-            "step_ms": 1000 * statistics.median(step_times)}
+            "step_ms": 1000 * statistics.median(step_times), "syncs": syncs}
+
+
+def count_syncs(train_step, batches, size: str, path: str | None, steps: int = 3) -> float:
+    """Host-device synchronisations per training step on a GPU (CUDA's sync debug mode warns at each);
+    where they come from is appended to ``path``, if given."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            done = 0
+            for batch in batches:
+                done += train_step(batch) is not None
+                if done == steps:
+                    break
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    where = Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    if path:
+        with open(path, "a") as f:
+            f.write(f"## {size}: host-device synchronisations in {done} steps\n\n")
+            f.writelines(f"{n:5d}  {loc}\n" for loc, n in where.most_common())
+            f.write("\n")
+    return sum(where.values()) / max(done, 1)
 
 
 def profile_steps(train_step, batches, size: str, path: str, device: torch.device, steps: int = 3) -> None:
@@ -151,13 +184,15 @@ def main() -> None:
           f"{args.steps} timed steps after {args.warmup} warm-up; {args.workers} loader workers; "
           f"torch {torch.__version__}" + (f", cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark "
                                           f"{args.cudnn_benchmark}" if device.type == "cuda" else ""))
-    print("| model | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
+          "| syncs / step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         res = run_ours(size, shards, args, device)
         bare = run_bare(res, args, device)
         print(f"| {size} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
-              f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% |", flush=True)
+              f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
+              f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""asr.train pieces: CTC loss goes down, CTC feasibility, infeasible utterances dropped and counted, LR schedule."""
+"""asr.train pieces: CTC loss goes down, CTC feasibility, infeasible utterances dropped and counted,
+labelling in the loader workers, a forward pass that reads nothing back from the device, LR schedule."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -9,8 +12,10 @@ from asr.config import FeatureConfig, ModelConfig
 from asr.data.shards import HOP
 from asr.features import FeatureExtractor
 from asr.model import AcousticModel
+from asr.config import SpecAugConfig
+from asr.targets import Labeler, ctc_min_frames
 from asr.text import CharTokenizer
-from asr.train import Counters, compute_loss, ctc_min_frames, lr_factor
+from asr.train import Counters, compute_loss, lr_factor
 from tests.conftest import signal
 
 CPU = torch.device("cpu")
@@ -111,6 +116,56 @@ def test_compute_loss_with_nothing_usable_returns_none():
     counters = Counters()
     assert compute_loss(model, frontend, make_batch([("A LONG SENTENCE", 800)]), tok, CPU, False, counters) is None
     assert counters.infeasible == 1
+
+
+def test_a_batch_labelled_beforehand_gives_the_same_loss_and_counts():
+    """The loader workers label batches (asr.targets.Labeler); compute_loss then uses their targets
+    and counts what they left out, exactly as when it labels the batch itself."""
+    tok, frontend, model = setup()
+    model.eval()
+    batch = make_batch([("ABC", 1600), ("ABCD", 1600), ("HELLO WORLD", 16000), ("123", 4000)])
+    labelled = Labeler(tok, frontend.logmel.cfg, model.cfg.stride)(batch)
+    assert labelled["ids"] == ["u0", "u2"] and labelled["wav"].shape == (2, 16000)
+    assert labelled["targets"].tolist() == tok.encode("ABC") + tok.encode("HELLO WORLD")
+    assert labelled["target_lengths"].tolist() == [3, 11]
+    assert [(uid, kind) for uid, kind, _ in labelled["dropped"]] == [("u1", "infeasible"), ("u3", "infeasible")]
+    here, there = Counters(), Counters()
+    with torch.no_grad():
+        a, sa = compute_loss(model, frontend, batch, tok, CPU, False, here)
+        b, sb = compute_loss(model, frontend, labelled, tok, CPU, False, there)
+    torch.testing.assert_close(a, b)
+    assert sa == sb and here == there and here.infeasible == 2
+
+
+def test_the_forward_pass_reads_nothing_back_from_the_device(monkeypatch):
+    """On a GPU every value read back (``.item()``, ``.cpu()``, a blocking copy) stalls the host until
+    the queued work is done, and the GPU then idles while the host launches the next kernels. On the
+    meta device any such read fails (blocking host-to-device copies are not caught: the step makes
+    them through features.to_device), so the whole training forward pass (features, SpecAugment,
+    subsampling, the packed LSTM path a GPU takes) runs there; the CTC loss, which has no meta kernel,
+    is checked to get its lengths on the host."""
+    meta = torch.device("meta")
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda device_type, *a, **k: contextlib.nullcontext()
+                        if device_type == "meta" else real_autocast(device_type, *a, **k))
+    seen = {}
+
+    def ctc_loss(log_probs, targets, input_lengths, target_lengths, **kwargs):
+        seen.update(inputs=input_lengths, targets=target_lengths, log_probs=log_probs)
+        return log_probs.sum()
+
+    monkeypatch.setattr(F, "ctc_loss", ctc_loss)
+    tok = CharTokenizer()
+    frontend = FeatureExtractor(FeatureConfig(n_mels=20), SpecAugConfig()).to(meta).train()
+    model = AcousticModel(ModelConfig(hidden=16, layers=2, dropout=0.1), 20, tok.vocab_size).to(meta).train()
+    batch = make_batch([("HELLO", 8000), ("AB BA", 6400), ("ABCD", 800)])  # the last one is infeasible
+    batch["means"] = torch.zeros(3, 20)
+    loss, stats = compute_loss(model, frontend, batch, tok, meta, False, Counters())
+    assert loss.device == meta and stats["ids"] == ["u0", "u1"]
+    assert seen["inputs"].device == CPU and seen["targets"].device == CPU
+    assert seen["inputs"].tolist() == [(8000 // HOP + 1 + 3) // 4, (6400 // HOP + 1 + 3) // 4]
+    assert seen["log_probs"].shape[:2] == (seen["inputs"].max(), 2)
+    loss.backward()  # and the backward pass of everything before the loss
 
 
 def test_lr_factor_warms_up_then_decays_to_the_final_fraction():

@@ -14,7 +14,7 @@ import random
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import soundfile as sf
 import torch
@@ -186,7 +186,7 @@ def pad_batch(samples: list[Sample], int16: bool = False) -> dict:
     to pass from loader workers, pin and copy to the GPU; ``LogMel`` takes either.
     """
     lengths = torch.tensor([s.wav.shape[0] for s in samples], dtype=torch.long)
-    wav = torch.zeros(len(samples), int(lengths.max()), dtype=torch.int16 if int16 else torch.float32)
+    wav = torch.zeros(len(samples), int(lengths.max()) if samples else 0, dtype=torch.int16 if int16 else torch.float32)
     for i, s in enumerate(samples):
         wav[i, : s.wav.shape[0]] = (s.wav * 32768).round_().clamp_(-32768, 32767) if int16 else s.wav
     return {"ids": [s.id for s in samples], "texts": [s.text for s in samples],
@@ -260,6 +260,9 @@ class ShardBatches(IterableDataset):
         self.epoch = 0
         self.skip_batches = 0
         self.problems: list[str] = []
+        # Applied to each padded batch in the loader worker (asr.targets.Labeler: tokenizing and
+        # leaving out what CTC cannot train on, off the training process's critical path).
+        self.label: Callable[[dict], dict] | None = None
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
@@ -312,7 +315,8 @@ class ShardBatches(IterableDataset):
             yield s
 
     def __iter__(self) -> Iterator[dict]:
-        """Padded batches (see ``pad_batch``), each with "problems": samples skipped since the last batch."""
+        """Padded batches (see ``pad_batch``; then ``label``'s, if set), each with "problems": samples
+        skipped since the last batch."""
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         self.problems: list[str] = []
@@ -333,6 +337,8 @@ class ShardBatches(IterableDataset):
         for i, b in enumerate(batches):
             if i >= skip:
                 batch = pad_batch(b, int16=True)
+                if self.label is not None:
+                    batch = self.label(batch)
                 batch["problems"], self.problems = self.problems, []
                 yield batch
 
