@@ -11,6 +11,8 @@
 # It needs the package's Python dependencies (soundfile, webdataset, jiwer, ...) importable and
 # `asr` on PYTHONPATH; the H100 runs of 2026-11-27 installed them from carried wheels first.
 # Smaller settings for a CPU dry run: DEVICE=cpu SIZES=2x64 HOURS=0.3 MAX_FRAMES=20000 STEPS=3 ...
+# BEFORE=DIR: also measure the training throughput of an older checkout (its asr/ and benchmarks/,
+# e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
 device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-60} max_frames=${MAX_FRAMES:-384000}
@@ -27,6 +29,13 @@ stage "machine"
 
 stage "LibriSpeech-length shards"
 timeout 120 $py benchmarks/long_shards.py --src "$src" --out "$work/long" --hours "$hours" 2>&1 | tee "$out/long_shards.log"
+
+if [ -n "${BEFORE:-}" ]; then
+  stage "training throughput, $BEFORE"
+  (cd "$BEFORE" && PYTHONPATH="$BEFORE:${PYTHONPATH:-}" timeout 150 $py benchmarks/train_throughput.py \
+      --shards "$work/long/train.index.json" --sizes $sizes --steps "$steps" --warmup 5 --max-frames "$max_frames" \
+      --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
+fi
 
 stage "training throughput"
 timeout 150 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \

@@ -40,6 +40,14 @@ def test_train_throughput_reports_ours_beside_the_bare_lstm(train_shards):
         assert 0.0 <= float(r[6].rstrip("%")) <= 100.0  # data wait
 
 
+def test_label_cost_times_both_tokenizers(train_shards):
+    out = run_script("benchmarks/label_cost.py", "--shards", *train_shards, "--utts", "5", "--join", "2",
+                     "--repeats", "2")
+    rows = table_rows(out)
+    assert [(r[0], r[1]) for r in rows] == [("char", "5"), ("sentencepiece 256", "5")]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
 def test_decode_benchmark_table_on_synthetic_emissions(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("\n".join(["THE CAT SAT ON THE MAT", "A DOG RAN IN THE PARK", "THE SUN IS HOT",
