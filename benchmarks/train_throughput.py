@@ -90,9 +90,8 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
     syncs = count_syncs(train_step, it, size, args.profile) if device.type == "cuda" else None
-    if args.profile:
-        profile_steps(train_step, it, size, args.profile, device)
-    return {"size": size, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
+    busy = profile_steps(train_step, it, size, args.profile, device) if args.profile else None
+    return {"busy": busy, "size": size, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
             "step_ms": 1000 * statistics.median(step_times), "syncs": syncs}
 
@@ -120,8 +119,9 @@ def count_syncs(train_step, batches, size: str, path: str | None, steps: int = 3
     return sum(where.values()) / max(done, 1)
 
 
-def profile_steps(train_step, batches, size: str, path: str, device: torch.device, steps: int = 3) -> None:
-    """Append the top operators of ``steps`` profiled training steps to ``path``."""
+def profile_steps(train_step, batches, size: str, path: str, device: torch.device, steps: int = 3) -> float | None:
+    """Append the top operators of ``steps`` profiled training steps to ``path``; returns the share of
+    their wall time in which the GPU was busy (None on the CPU)."""
     acts = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         acts.append(torch.profiler.ProfilerActivity.CUDA)
@@ -131,10 +131,33 @@ def profile_steps(train_step, batches, size: str, path: str, device: torch.devic
             done += train_step(batch) is not None
             if done == steps:
                 break
+        sync(device)
+    return write_profile(prof, f"{size}: {done} steps", path, device)
+
+
+def write_profile(prof, title: str, path: str, device: torch.device) -> float | None:
     key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    busy = gpu_busy(prof.events()) if device.type == "cuda" else None
     with open(path, "a") as f:
-        f.write(f"## {size}: {done} steps, sorted by {key}\n\n")
+        f.write(f"## {title}, sorted by {key}\n\n")
+        if busy is not None:
+            f.write(f"GPU busy {busy[0]:.0f} ms of {busy[1]:.0f} ms ({100 * busy[0] / busy[1]:.0f}%)\n\n")
         f.write(prof.key_averages().table(sort_by=key, row_limit=30) + "\n\n")
+    return None if busy is None else busy[0] / busy[1]
+
+
+def gpu_busy(events) -> tuple[float, float]:
+    """(ms in which the GPU ran at least one kernel or copy, ms from the first event to the last)."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for start, stop in spans:  # the union of the intervals: kernels on several streams overlap
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    first = min(e.time_range.start for e in events)
+    last = max(e.time_range.end for e in events)
+    return busy / 1000, max(last - first, 1e-3) / 1000
 
 
 def run_bare(res: dict, args, device: torch.device) -> float:
@@ -153,6 +176,16 @@ def run_bare(res: dict, args, device: torch.device) -> float:
         if i >= 2:  # the first two are warm-up
             total_t += time.perf_counter() - t0
             total_audio += audio_s
+    if args.profile and device.type == "cuda":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for b, t, _ in res["shapes"][:3]:
+                x = torch.randn(b, t, res["hidden"], device=device, requires_grad=True)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    y, _ = lstm(x)
+                y.float().sum().backward()
+            sync(device)
+        res["bare_busy"] = write_profile(prof, f"{res['size']}: bare nn.LSTM, 3 steps", args.profile, device)
     return total_audio / total_t
 
 
@@ -193,6 +226,9 @@ def main() -> None:
         print(f"| {size} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
               f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} |", flush=True)
+        if res["busy"] is not None:
+            print(f"{size}: GPU busy in 3 profiled steps: ours {100 * res['busy']:.0f}%, bare nn.LSTM "
+                  f"{100 * res.get('bare_busy', float('nan')):.0f}% of the wall time", flush=True)
 
 
 if __name__ == "__main__":
