@@ -466,8 +466,11 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                     loss_v, gnorm = torch.stack([loss_t, norm_t.float()]).tolist()
                 else:
                     loss_v = loss_t.item()
-            bad = None if out is None else ("loss", loss_v) if not math.isfinite(loss_v) else (
-                ("gradient norm", gnorm) if gnorm is not None and not math.isfinite(gnorm) else None)
+            bad = None  # (what, value) when the batch must be skipped
+            if out is not None and not math.isfinite(loss_v):
+                bad = ("loss", loss_v)
+            elif gnorm is not None and not math.isfinite(gnorm):
+                bad = ("gradient norm", gnorm)
             if bad is not None:
                 counters.nonfinite += 1
                 counters.nonfinite_run += 1

@@ -60,6 +60,26 @@ def test_a_non_finite_loss_skips_the_batch_and_is_counted(train_shards, tmp_path
     assert all(torch.isfinite(s["exp_avg"]).all() for s in state["optimizer"]["state"].values())
 
 
+def test_non_finite_gradients_with_a_finite_loss_skip_the_step(train_shards, tmp_path, monkeypatch):
+    """An overflow in the backward pass (finite loss, inf gradients) must not reach the weights."""
+    real_clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def clip(params, max_norm, *args, **kwargs):
+        params = list(params)
+        calls.append(len(calls))
+        if len(calls) == 3:  # the third optimizer step's gradients overflow
+            for p in params:
+                if p.grad is not None:
+                    p.grad.fill_(float("inf"))
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    summary = T.train(tiny_experiment(epochs=1), train_shards, [], tmp_path / "exp", device="cpu")
+    assert summary["nonfinite"] == 1 and summary["steps"] == len(calls) - 1
+    assert any(s.startswith("non-finite gradient norm (inf) in the batch of ") for s in summary["skipped"])
+    assert all(torch.isfinite(w).all() for w in final_weights(tmp_path / "exp").values())
+
+
 def test_too_many_non_finite_losses_in_a_row_stop_the_run_naming_the_batch(train_shards, tmp_path, monkeypatch, capsys):
     seen = nan_loss_for(monkeypatch, {2, 3, 4})
     rc = main(["train", "--train", *train_shards, "--exp", str(tmp_path / "exp"), "--device", "cpu", *OVERRIDES,
