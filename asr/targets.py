@@ -1,8 +1,9 @@
 """CTC targets for a batch: transcripts -> token ids, and the utterances CTC cannot train on left out.
 
-``Labeler`` runs in the loader workers (``ShardBatches(label=...)``), so the training process does
-no per-utterance Python work: at the large config's ~300 utterances a step that was ~12 ms of host
-time per step on the 2-core CPU, time in which a GPU waited for its next kernels.
+``asr train`` sets a ``Labeler`` as its ``ShardBatches.label``, so it runs in the loader workers and
+the training process does no per-utterance Python work: at the large config's ~300 utterances a
+step that was ~10 ms of host time per step on the 2-core CPU (``benchmarks/label_cost.py``), time in
+which a GPU waited for its next kernels.
 """
 from __future__ import annotations
 
