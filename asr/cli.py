@@ -117,13 +117,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as e:
         print(f"asr train: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torchrun takes any non-zero exit of a rank for a crash of the whole job (and exits 1), so
-        # under torchrun rank 0 lists the skips (also in train_summary.json) and the status stays 0.
+        # under torchrun rank 0 alone prints the summary and lists the skips (also in
+        # train_summary.json), and the status stays 0. The other ranks' summaries lack the dev WER.
         if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(summary))
             _report(problems + summary["skipped"], "training or dev items")
         return 0
+    print(json.dumps(summary))
     return _report(problems + summary["skipped"], "training or dev items")
 
 

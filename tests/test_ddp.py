@@ -137,6 +137,33 @@ def test_torchrun_two_processes_train_without_hang(tmp_path):
     assert [e["epoch"] for e in epochs] == [1, 2]  # one writer (rank 0), one record per epoch
 
 
+def test_torchrun_two_nodes_with_c10d_rendezvous(tmp_path):
+    """The README's several-machines command, as two one-process "nodes" on this host: both finish,
+    the ranks come from the rendezvous (not --node_rank), and only global rank 0 prints a summary and
+    writes the experiment, though each node has a local rank 0."""
+    shards = make_shards(tmp_path, 22, 4)
+    exp = tmp_path / "exp"
+    port = 34000 + os.getpid() % 1000
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+              "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id=t{port}", "-m", "asr", "train",
+              "--train", *shards, "--dev", str(tmp_path / "dev.jsonl"), "--exp", str(exp), "--device", "cpu",
+              "model.hidden=16", "model.layers=1", "model.subsample_channels=4", "train.epochs=2",
+              "train.max_frames=600", "train.num_workers=0", "train.cmvn_utts=8", "train.log_every=1",
+              "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [node.communicate(timeout=240) for node in nodes]
+    for node, (_, err) in zip(nodes, outs):
+        assert node.returncode == 0, err[-3000:]
+    printed = [json.loads(line) for out, _ in outs for line in out.splitlines() if line.startswith("{")]
+    assert len(printed) == 1 and printed[0]["best_dev_wer"] is not None
+    assert "world 2" in outs[0][1] + outs[1][1]
+    assert json.loads((exp / "train_summary.json").read_text()) == printed[0]
+    epochs = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines() if "train_loss" in line]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+
+
 def test_torchrun_time_budget_stops_every_rank_at_the_same_step(tmp_path):
     """train.max_minutes under torchrun: the ranks agree on the clock (max over ranks), so all stop
     after the same step and none is left waiting in an all-reduce; the time-paced LR is the same."""
