@@ -561,7 +561,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                     counters.infeasible, counters.untokenizable)
     if skipped:
         log.warning("%d bad training samples were skipped, e.g. %s", len(skipped), "; ".join(sorted(skipped)[:3]))
-    summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if best_wer == float("inf") else best_wer,
+    summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if not dev or best_wer == float("inf") else best_wer,
                "infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
                "nonfinite": counters.nonfinite, "skipped": sorted(skipped | set(counters.problems.values())),
                "train_seconds": round(time.time() - t_start, 1)}

@@ -46,6 +46,8 @@ def test_a_max_minutes_stop_resumes_mid_epoch(train_shards, tmp_path):
     straight = train(cfg, train_shards, [], tmp_path / "straight", device="cpu")
     stopped = train(tiny_experiment(epochs=2, max_minutes=1e-9), train_shards, [], tmp_path / "cut", device="cpu")
     assert stopped["steps"] == 1
+    # no dev set: no dev WER in the summary (the loop's "latest is best" bookkeeping stays inside)
+    assert straight["best_dev_wer"] is None and stopped["best_dev_wer"] is None
     resumed = train(cfg, train_shards, [], tmp_path / "cut", device="cpu", resume=True)
     assert resumed["steps"] == straight["steps"]
     got, expected = final_weights(tmp_path / "cut"), final_weights(tmp_path / "straight")
