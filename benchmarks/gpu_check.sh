@@ -13,6 +13,8 @@
 # Smaller settings for a CPU dry run: DEVICE=cpu SIZES=2x64 HOURS=0.3 MAX_FRAMES=20000 STEPS=3 ...
 # BEFORE=DIR: also measure the training throughput of an older checkout (its asr/ and benchmarks/,
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
+# EXTRA_FRAMES=N: also measure ours and the bare LSTM at a second frame budget (bigger batches,
+# fewer launches per second of audio), after the `asr train` run.
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
 device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-60} max_frames=${MAX_FRAMES:-384000}
@@ -49,6 +51,13 @@ timeout 150 $py -m asr train --config conf/large.yaml --train "$work/long/train.
     train.max_frames="$max_frames" train.num_workers="$workers" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
     | tail -40 | tee "$out/train.log"
 cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
+
+if [ -n "${EXTRA_FRAMES:-}" ]; then
+  stage "training throughput, max_frames $EXTRA_FRAMES"
+  timeout 120 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
+      --steps "$steps" --warmup 5 --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" 2>&1 \
+      | tee "$out/throughput_frames_$EXTRA_FRAMES.md"
+fi
 
 [ "$device" = cuda ] && timeout 90 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
     --sizes 4x320 --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \

@@ -6,7 +6,8 @@ times a bare ``nn.LSTM`` forward+backward on the very batch shapes the trainer s
 Markdown table: audio seconds per wall second (x real time), padding fraction, the share of wall
 time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
 host-device synchronisations per step (each one idles the GPU while the host catches up; with
-``--profile``, where they come from).
+``--profile``, where they come from) and the peak GPU memory of the training steps (what bounds
+``max_frames``).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -63,6 +64,8 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
         opt.zero_grad(set_to_none=True)
         return stats
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     epoch = 0
     it = iter(loader)
     step = 0
@@ -89,11 +92,12 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
         step += 1
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     syncs = count_syncs(train_step, it, size, args.profile) if device.type == "cuda" else None
     busy = profile_steps(train_step, it, size, args.profile, device) if args.profile else None
     return {"busy": busy, "size": size, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
-            "step_ms": 1000 * statistics.median(step_times), "syncs": syncs}
+            "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak}
 
 
 def count_syncs(train_step, batches, size: str, path: str | None, steps: int = 3) -> float:
@@ -218,14 +222,15 @@ def main() -> None:
           f"torch {torch.__version__}" + (f", cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark "
                                           f"{args.cudnn_benchmark}" if device.type == "cuda" else ""))
     print("| model | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
-          "| syncs / step |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| syncs / step | peak GPU memory (GiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         res = run_ours(size, shards, args, device)
         bare = run_bare(res, args, device)
         print(f"| {size} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
-              f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} |", flush=True)
+              f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} | "
+              f"{'n/a' if res['peak_gib'] is None else format(res['peak_gib'], '.1f')} |", flush=True)
         if res["busy"] is not None:
             print(f"{size}: GPU busy in 3 profiled steps: ours {100 * res['busy']:.0f}%, bare nn.LSTM "
                   f"{100 * res.get('bare_busy', float('nan')):.0f}% of the wall time", flush=True)

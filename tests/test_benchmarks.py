@@ -38,6 +38,7 @@ def test_train_throughput_reports_ours_beside_the_bare_lstm(train_shards):
         assert abs(ratio - 100 * ours / bare) <= 1.0
         assert 0.0 <= float(r[5].rstrip("%")) < 100.0  # padding fraction
         assert 0.0 <= float(r[6].rstrip("%")) <= 100.0  # data wait
+        assert r[7:] == ["n/a", "n/a"]  # syncs and peak memory: GPU only
 
 
 def test_label_cost_times_both_tokenizers(train_shards):
