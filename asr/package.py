@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import torch
 
 from asr import __version__
 from asr.config import FeatureConfig, ModelConfig, from_dict, to_dict
+from asr.files import atomic_file
 from asr.model import AcousticModel
 from asr.text import Tokenizer, tokenizer_from_state
 
@@ -44,27 +43,9 @@ class ModelPackage:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a torn file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """torch.save to ``path`` atomically and durably (``asr.files.atomic_file``)."""
+    with atomic_file(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def _weights_digest(state_dict: dict[str, torch.Tensor]) -> str:

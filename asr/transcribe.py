@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from asr.audio import AudioError, decode_reason, to_mono_16k
 from asr.decode.types import Hypothesis
+from asr.files import atomic_file
 from asr.text import BLANK, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -541,17 +541,9 @@ def output_paths(out_dir: Path, item: InputFile, formats: list[str]) -> list[Pat
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a stopped job never leaves a half file that a
-    restart would take as done."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A stopped job never leaves a half file that a restart would take as done."""
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 @dataclass

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+from asr.files import atomic_file
+
 log = logging.getLogger(__name__)
 
 MAX_DURATION = 4 * 3600.0  # seconds; anything longer is almost certainly a broken header
@@ -110,14 +112,12 @@ def write_manifest(path: str | Path, utts: Iterable[Utterance], relative: bool =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent
-    tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for u in utts:
             d = u.to_json()
             if relative:
                 d["audio"] = os.path.relpath(os.path.abspath(u.audio), base)
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
             count += 1
-    os.replace(tmp, path)
     return count
