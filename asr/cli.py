@@ -217,7 +217,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             return 2
         from asr.transcribe import OneSpeaker, collect_inputs, pooled_mean_log_mel
 
-        files = collect_inputs(list(args.inputs), [])  # its problems are reported by run() below
+        # its problems are reported by run() below
+        files = collect_inputs(list(args.inputs), [], unique_keys=bool(args.output_dir))
         mean = pooled_mean_log_mel(rec, files, pkg.features.sample_rate, args.window, not args.no_progress)
         rec = OneSpeaker(rec, mean)
         meta["same_speaker"] = True

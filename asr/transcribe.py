@@ -79,12 +79,13 @@ def _read_list(path: Path, problems: list[str]) -> list[Path]:
     return out
 
 
-def collect_inputs(items: list[str | Path], problems: list[str]) -> list[InputFile]:
+def collect_inputs(items: list[str | Path], problems: list[str], unique_keys: bool = True) -> list[InputFile]:
     """Expand files, folders (recursively, audio suffixes only) and list files into input files.
 
     A folder's files keep their path below the folder in ``key`` so that ``a/x.wav`` and ``b/x.wav``
-    get different outputs. A path that does not exist, or a second file that would write the same
-    outputs as an earlier one, is added to ``problems`` and left out.
+    get different outputs. A path that does not exist, or (with ``unique_keys``, when outputs go to
+    files) a second file that would write the same outputs as an earlier one, is added to
+    ``problems`` and left out. The same file named twice is taken once.
     """
     found: list[tuple[Path, str]] = []
     for item in map(Path, items):
@@ -109,7 +110,7 @@ def collect_inputs(items: list[str | Path], problems: list[str]) -> list[InputFi
         real = p.resolve()
         if real in seen_paths:
             continue
-        if key in seen_keys:
+        if unique_keys and key in seen_keys:
             problems.append(f"{p}: same output name {key!r} as {seen_keys[key]}; rename one of them")
             continue
         seen_paths.add(real)
@@ -570,12 +571,12 @@ def run(rec: LogProbModel, decoder: Decoder, inputs: list[str | Path], *, output
         raise ValueError(f"unknown output format(s) {unknown}; expected some of {list(WRITERS)}")
     stdout = stdout or sys.stdout
     summary = RunSummary()
-    files = collect_inputs(list(inputs), summary.problems)
+    out_dir = Path(output_dir) if output_dir is not None else None
+    files = collect_inputs(list(inputs), summary.problems, unique_keys=out_dir is not None)
     if strict and summary.problems:
         raise AudioError(summary.problems[0])
     for p in summary.problems:
         log.warning("skipped: %s", p)
-    out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is not None and not overwrite:
         todo = [f for f in files if not all(p.exists() for p in output_paths(out_dir, f, formats))]
         summary.already_done = len(files) - len(todo)

@@ -278,6 +278,15 @@ def test_cli_stdout_formats(tmp_path, tiny_model_cfg, capsys):
     assert main(base + ["-f", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["file"].endswith("a.wav")
     assert main(base + ["-f", "all"]) == 2, "several formats need an output folder"
+    # Files that would share an output name only clash in an output folder, not on stdout.
+    write_audio(tmp_path / "b" / "a.flac", 0.5)
+    two = ["transcribe", "--model", str(pkg), str(tmp_path / "a.wav"), str(tmp_path / "b" / "a.flac"),
+           "--no-progress", "--device", "cpu"]
+    assert main(two) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == [str(tmp_path / "a.wav"), str(tmp_path / "b" / "a.flac")]
+    assert main(two + ["-o", str(tmp_path / "out")]) == 3
+    assert "same output name 'a'" in capsys.readouterr().err
 
 
 def test_batched_equals_one_at_a_time(tmp_path, tiny_model_cfg):
