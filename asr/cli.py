@@ -18,6 +18,17 @@ log = logging.getLogger("asr")
 EXIT_SKIPPED = 3
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clean usage error otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _report(problems: list[str], what: str, strict: bool = False) -> int:
     """Summarise skipped items; the exit status tells scripts that something was skipped."""
     if not problems:
@@ -141,9 +152,14 @@ def make_decoder(args: argparse.Namespace, tokenizer):
 
 
 def _device(name: str) -> str:
+    """--device: auto picks the GPU when there is one; asking for one where there is none is an error."""
     import torch
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
+    return name
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -165,6 +181,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     decoded = decode_utterances(rec, decoder, utts, max_frames=args.max_frames, num_workers=args.workers,
                                 keep_log_probs=bool(args.save_emissions), strict=args.strict)
     decoded.problems[:0] = problems
+    if not decoded.hyps:  # a WER over nothing would read 0.00%
+        _report(decoded.problems, "utterances")
+        print(f"asr evaluate: error: no utterance of {args.manifest} could be decoded", file=sys.stderr)
+        return 2
     out = Path(args.out or Path(args.model).parent / "decode" / Path(args.manifest).stem)
     res = write_results(out, utts, decoded, args.decoder, {"model": str(args.model), "manifest": str(args.manifest),
                                                             "lm": args.lm, "beam_size": args.beam_size})
@@ -195,6 +215,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     formats = list(FORMATS) if args.output_format == "all" else [args.output_format]
     if len(formats) > 1 and not args.output_dir:
         print("asr transcribe: error: --output-format all needs --output-dir", file=sys.stderr)
+        return 2
+    if not 0 <= args.overlap < args.window:
+        print(f"asr transcribe: error: --overlap {args.overlap:g} s must be at least 0 and less than --window "
+              f"{args.window:g} s", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -332,7 +356,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def _decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", default="greedy", choices=["greedy", "beam", "beam-gpu"])
     p.add_argument("--lm", help="ARPA n-gram LM for beam search")
-    p.add_argument("--beam-size", type=int, default=16)
+    p.add_argument("--beam-size", type=positive_int, default=16)
     p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
     p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
     p.add_argument("--decode-workers", type=int, default=0, help="CPU processes for beam search")
@@ -414,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("manifest")
     p.add_argument("--out", help="output folder (default: next to the model, decode/<manifest>)")
-    p.add_argument("--max-frames", type=int, default=60000)
+    p.add_argument("--max-frames", type=positive_int, default=60000)
     p.add_argument("--workers", type=int, default=1, help="audio loading processes")
     p.add_argument("--save-emissions", help="also save log-probs here (for LM tuning and benchmarks)")
     p.add_argument("--no-report", action="store_true", help="skip report.md and its PNG plots")
@@ -428,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", help="write one output file per input and format here (default: stdout)")
     p.add_argument("-f", "--output-format", default="txt", choices=["txt", "json", "srt", "vtt", "all"])
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
-    p.add_argument("--batch-size", type=int, default=16, help="windows decoded together")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows decoded together")
     p.add_argument("--window", type=float, default=30.0, help="seconds of audio per window for long files")
     p.add_argument("--overlap", type=float, default=4.0, help="seconds shared by consecutive windows")
     p.add_argument("--quantize", action="store_true", help="INT8 dynamic quantization of LSTM and linear layers (CPU)")
@@ -450,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "that the model does not drift (recommended)")
     p.add_argument("--source-utts", type=int, default=None, help="labelled clips mixed in (300)")
     p.add_argument("--lm", help="ARPA n-gram LM for the beam search that makes the pseudo-transcripts")
-    p.add_argument("--beam-size", type=int, default=16)
+    p.add_argument("--beam-size", type=positive_int, default=16)
     p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
     p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
     p.add_argument("--rounds", type=int, default=None, help="decode + fine-tune rounds (4)")
@@ -499,19 +523,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from asr.audio import AudioError
-    from asr.config import ConfigError
-    from asr.data.manifest import ManifestError
     from asr.data.synth import SynthesisError
-    from asr.package import PackageError
-    from asr.text import TokenizerError
 
+    name = " ".join(filter(None, [args.command, getattr(args, "lm_command", None)]))
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, PackageError, AudioError, SynthesisError, TokenizerError,
-            FileNotFoundError) as e:
-        print(f"asr {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, SynthesisError) as e:
+        # What users can cause (bad input, options, paths; the package's own errors are ValueErrors)
+        # ends as one line naming the file or option; --verbose shows the traceback.
+        if args.verbose:
+            raise
+        print(f"asr {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Outputs are written atomically, so what is done is kept: a rerun goes on from there.
+        print(f"asr {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

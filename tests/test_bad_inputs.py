@@ -392,3 +392,73 @@ def test_transcribe_strict_stops_at_the_first_bad_file(corpus, package, tmp_path
     assert rc == 2
     assert re.search(r"asr transcribe: error: \S*text\.wav: cannot decode audio", err), err
     assert (tmp_path / "out" / "good_a.txt").is_file() and not (tmp_path / "out" / "good_b.txt").exists()
+
+
+# --------------------------------------------------------------------------------- options and paths
+
+@pytest.mark.parametrize("options, message", [
+    (["--decoder", "greedy", "--lm", "{tmp}/x.arpa"], "the greedy decoder takes no LM"),
+    (["--decoder", "beam", "--lm", "{tmp}/absent.arpa"], "absent.arpa: no such ARPA file"),
+    (["--decoder", "beam", "--lm", "{good}"], "good_a.wav: not an ARPA text file"),
+    (["--decoder", "beam", "--beam-size", "0"], "argument --beam-size: must be at least 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--window", "3"], "--overlap 4 s must be at least 0 and less than --window 3 s"),
+    (["--overlap", "-1"], "--overlap -1 s must be at least 0"),
+])
+def test_a_bad_option_is_one_line_before_any_file_is_read(corpus, package, tmp_path, capsys, caplog, options,
+                                                           message):
+    good = corpus.audio / "good_a.wav"
+    opts = [o.format(tmp=tmp_path, good=good) for o in options]
+    with pytest.raises(SystemExit) if "argument" in message else _no_exit() as stop:
+        rc, _, err = asr(["transcribe", "--model", package, good, "--no-progress", "--device", "cpu", *opts],
+                         capsys, caplog)
+    if stop is not None:  # argparse's own usage error
+        rc, err = stop.value.code, capsys.readouterr().err
+    assert rc == 2
+    assert message in err and "Traceback" not in err
+    assert "skipped" not in err  # an option error is not blamed on the file
+
+
+class _no_exit:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_one_line(package, corpus, capsys, caplog, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, _, err = asr(["transcribe", "--model", package, corpus.audio / "good_a.wav", "--device", "cuda"], capsys, caplog)
+    assert rc == 2 and "--device cuda: no CUDA GPU is available here" in err
+
+
+def test_evaluate_with_nothing_decodable_is_an_error_not_a_zero_wer(corpus, package, tmp_path, capsys, caplog):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "t", "audio": str(corpus.audio / "text.wav"), "text": "A B", "duration": 1.0})
+                   + "\n")
+    for manifest in (tmp_path / "empty.jsonl", bad):
+        manifest.touch()
+        rc, out, err = asr(["evaluate", package, manifest, "--out", tmp_path / "dec", "--device", "cpu",
+                            "--workers", "0"], capsys, caplog)
+        assert rc == 2 and "WER" not in out
+        assert f"no utterance of {manifest} could be decoded" in err
+        assert not (tmp_path / "dec" / "results.json").exists()
+
+
+def test_an_output_path_that_is_a_file_is_one_line(corpus, package, tmp_path, capsys, caplog):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    rc, _, err = asr(["export", package, "-o", taken], capsys, caplog)
+    assert rc == 2 and str(taken) in err and "Traceback" not in err
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, caplog):
+    from asr import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_plot", interrupted)
+    rc, _, err = asr(["plot", "whatever.jsonl"], capsys, caplog)
+    assert rc == 130 and "asr plot: interrupted" in err

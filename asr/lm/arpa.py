@@ -174,6 +174,15 @@ def _open_text(path: Path, mode: str, gz: bool | None = None) -> io.TextIOBase:
     return open(path, mode, encoding="utf-8")
 
 
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; binary or broken gzip input is an ArpaError naming it."""
+    try:
+        with _open_text(path, "r") as f:
+            yield from enumerate(f, 1)
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise ArpaError(f"{path}: not an ARPA text file ({e})") from None
+
+
 def read_arpa(path: str | Path) -> NgramLM:
     """Load an ARPA file (``.gz`` too); malformed input is an ArpaError naming the file and line."""
     path = Path(path)
@@ -190,66 +199,65 @@ def read_arpa(path: str | Path) -> NgramLM:
     def bad(lineno: int, why: str) -> ArpaError:
         return ArpaError(f"malformed ARPA line {lineno} in {path}: {why}")
 
-    with _open_text(path, "r") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            if section == "preamble":
-                if line == "\\data\\":
-                    section = "data"
-                continue
-            if line == "\\end\\":
-                section = "end"
-                break
-            if line.startswith("\\") and line.endswith("-grams:"):
-                try:
-                    n = int(line[1:-len("-grams:")])
-                except ValueError:
-                    raise bad(lineno, f"bad section header {line!r}") from None
-                if n != len(probs) + 1:
-                    raise bad(lineno, f"section for {n}-grams where {len(probs) + 1}-grams were expected")
-                if n not in declared:
-                    raise bad(lineno, f"{n}-grams are not declared in the \\data\\ header")
-                probs.append({})
-                backoffs.append({})
-                section = "ngrams"
-                continue
-            if section == "data":
-                if not line.startswith("ngram "):
-                    raise bad(lineno, f"expected 'ngram N=COUNT' in the \\data\\ header, got {line!r}")
-                try:
-                    k, v = line[len("ngram "):].split("=")
-                    declared[int(k)] = int(v)
-                except ValueError:
-                    raise bad(lineno, f"expected 'ngram N=COUNT', got {line!r}") from None
-                continue
-            fields = line.split()
-            if len(fields) not in (n + 1, n + 2):
-                raise bad(lineno, f"a {n}-gram line needs a log10 prob, {n} words and an optional backoff; got {len(fields)} fields")
+    for lineno, raw in _numbered_lines(path):
+        line = raw.strip()
+        if not line:
+            continue
+        if section == "preamble":
+            if line == "\\data\\":
+                section = "data"
+            continue
+        if line == "\\end\\":
+            section = "end"
+            break
+        if line.startswith("\\") and line.endswith("-grams:"):
             try:
-                p = float(fields[0])
-                bow = float(fields[n + 1]) if len(fields) == n + 2 else 0.0
+                n = int(line[1:-len("-grams:")])
             except ValueError:
-                raise bad(lineno, f"not a number in {line!r}") from None
-            if math.isnan(p) or p > 1e-6 or math.isnan(bow):
-                raise bad(lineno, f"log10 probability must be <= 0, got {fields[0]}")
-            words = fields[1:n + 1]
-            if n == 1:
-                w = words[0]
-                if w in word_id:
-                    raise bad(lineno, f"unigram {w!r} listed twice")
-                word_id[w] = len(vocab)
-                vocab.append(w)
-                key: tuple[int, ...] = (word_id[w],)
-            else:
-                try:
-                    key = tuple(word_id[w] for w in words)
-                except KeyError as e:
-                    raise bad(lineno, f"word {e.args[0]!r} is not among the unigrams") from None
-            probs[n - 1][key] = p
-            if bow != 0.0:
-                backoffs[n - 1][key] = bow
+                raise bad(lineno, f"bad section header {line!r}") from None
+            if n != len(probs) + 1:
+                raise bad(lineno, f"section for {n}-grams where {len(probs) + 1}-grams were expected")
+            if n not in declared:
+                raise bad(lineno, f"{n}-grams are not declared in the \\data\\ header")
+            probs.append({})
+            backoffs.append({})
+            section = "ngrams"
+            continue
+        if section == "data":
+            if not line.startswith("ngram "):
+                raise bad(lineno, f"expected 'ngram N=COUNT' in the \\data\\ header, got {line!r}")
+            try:
+                k, v = line[len("ngram "):].split("=")
+                declared[int(k)] = int(v)
+            except ValueError:
+                raise bad(lineno, f"expected 'ngram N=COUNT', got {line!r}") from None
+            continue
+        fields = line.split()
+        if len(fields) not in (n + 1, n + 2):
+            raise bad(lineno, f"a {n}-gram line needs a log10 prob, {n} words and an optional backoff; got {len(fields)} fields")
+        try:
+            p = float(fields[0])
+            bow = float(fields[n + 1]) if len(fields) == n + 2 else 0.0
+        except ValueError:
+            raise bad(lineno, f"not a number in {line!r}") from None
+        if math.isnan(p) or p > 1e-6 or math.isnan(bow):
+            raise bad(lineno, f"log10 probability must be <= 0, got {fields[0]}")
+        words = fields[1:n + 1]
+        if n == 1:
+            w = words[0]
+            if w in word_id:
+                raise bad(lineno, f"unigram {w!r} listed twice")
+            word_id[w] = len(vocab)
+            vocab.append(w)
+            key: tuple[int, ...] = (word_id[w],)
+        else:
+            try:
+                key = tuple(word_id[w] for w in words)
+            except KeyError as e:
+                raise bad(lineno, f"word {e.args[0]!r} is not among the unigrams") from None
+        probs[n - 1][key] = p
+        if bow != 0.0:
+            backoffs[n - 1][key] = bow
     if section == "preamble":
         raise ArpaError(f"{path}: not an ARPA file (no \\data\\ line)")
     if section != "end":
