@@ -295,8 +295,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     problems: list[str] = []
-    if len(args.inputs) == 1 and args.inputs[0].endswith(".jsonl"):
-        utts = read_manifest(args.inputs[0], problems=problems)
+    if len(args.inputs) == 1 and args.inputs[0].endswith(".jsonl"):  # its texts, if any, are not used
+        utts = read_manifest(args.inputs[0], problems=problems, need_text=False)
     else:  # untranscribed audio: one speaker, whatever the file names
         from asr.audio import audio_duration
         from asr.transcribe import collect_inputs
@@ -306,7 +306,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             try:
                 utts.append(Utterance(f.key, str(f.path), "", audio_duration(f.path), "target"))
             except Exception as e:  # noqa: BLE001 - any unreadable header: report the file, go on
-                problems.append(f"{f.path}: cannot read audio ({e})")
+                problems.append(str(e) if str(f.path) in str(e) else f"{f.path}: cannot read audio ({e})")
     long = [u for u in utts if u.duration > args.max_duration]
     problems += [f"{u.audio}: {u.duration:.1f} s is longer than --max-duration {args.max_duration:g} s" for u in long]
     utts = [u for u in utts if u.duration <= args.max_duration]
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=positive_int, default=16)
     p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
     p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
-    p.add_argument("--rounds", type=int, default=None, help="decode + fine-tune rounds (4)")
+    p.add_argument("--rounds", type=positive_int, default=None, help="decode + fine-tune rounds (4)")
     p.add_argument("--keep", type=float, default=None,
                    help="share of the utterances (most confident first) used as transcripts in round 1 (0.5)")
     p.add_argument("--keep-step", type=float, default=None, help="... growing by this each round (0.15)")

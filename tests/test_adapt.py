@@ -120,6 +120,24 @@ def test_cli_adapts_on_untranscribed_audio_and_skips_a_bad_file(tmp_path, tiny_m
     assert (tmp_path / "adapted.log.jsonl").is_file()
 
 
+def test_cli_takes_a_manifest_without_texts(tmp_path, tiny_model_cfg, capsys):
+    """The target's texts are never used, so a manifest may leave them empty or out."""
+    pkg = _tiny_package(tmp_path / "m.pt", tiny_model_cfg)
+    lines = []
+    for i in range(3):
+        write_audio(tmp_path / f"c{i}.wav", 0.5, seed=i)
+        line = {"id": f"c{i}", "audio": f"c{i}.wav", "duration": 0.5}
+        lines.append(json.dumps(line if i else {**line, "text": ""}))
+    (tmp_path / "target.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "adapted.pt"
+    rc = main(["adapt", str(pkg), str(tmp_path / "target.jsonl"), "-o", str(out), "--rounds", "1", "--epochs", "1",
+               "--keep", "1.0", "--device", "cpu", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    assert load_package(out).meta["adapted"]["target_utts"] == 3
+    with pytest.raises(SystemExit):
+        main(["adapt", str(pkg), str(tmp_path / "target.jsonl"), "-o", str(out), "--rounds", "0"])
+
+
 def test_cli_says_when_no_audio_is_readable(tmp_path, tiny_model_cfg, capsys):
     pkg = _tiny_package(tmp_path / "m.pt", tiny_model_cfg)
     (tmp_path / "a").mkdir()

@@ -39,18 +39,18 @@ class Utterance:
         return d
 
 
-def _validate(obj: object, where: str, check_audio: bool, base: Path) -> Utterance:
+def _validate(obj: object, where: str, check_audio: bool, base: Path, need_text: bool = True) -> Utterance:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for key in ("id", "audio", "text", "duration"):
+    for key in ("id", "audio", "text", "duration") if need_text else ("id", "audio", "duration"):
         if key not in obj:
             raise ManifestError(f"{where}: missing field '{key}'")
-    uid, audio, text, dur = obj["id"], obj["audio"], obj["text"], obj["duration"]
+    uid, audio, text, dur = obj["id"], obj["audio"], obj.get("text", ""), obj["duration"]
     if not isinstance(uid, str) or not uid:
         raise ManifestError(f"{where}: 'id' must be a non-empty string")
     if not isinstance(audio, str) or not audio:
         raise ManifestError(f"{where}: 'audio' must be a non-empty path")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or (need_text and not text.strip()):
         raise ManifestError(f"{where}: utterance {uid!r} has an empty transcript")
     if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not (0 < dur <= MAX_DURATION):
         raise ManifestError(f"{where}: utterance {uid!r} has an invalid duration {dur!r}")
@@ -62,11 +62,12 @@ def _validate(obj: object, where: str, check_audio: bool, base: Path) -> Utteran
 
 
 def read_manifest(path: str | Path, strict: bool = False, check_audio: bool = True,
-                  problems: list[str] | None = None) -> list[Utterance]:
+                  problems: list[str] | None = None, need_text: bool = True) -> list[Utterance]:
     """Read and validate a manifest; audio paths come back absolute.
 
     Bad lines (malformed JSON, missing fields, empty text, absurd duration, missing audio, duplicate
     id) are logged and skipped, and appended to ``problems`` if given; ``strict`` raises instead.
+    ``need_text=False``: untranscribed audio, where "text" may be empty or absent.
     """
     path = Path(path)
     if not path.is_file():
@@ -92,7 +93,7 @@ def read_manifest(path: str | Path, strict: bool = False, check_audio: bool = Tr
                 except json.JSONDecodeError as e:
                     why = e.msg.removesuffix(" at")
                     raise ManifestError(f"{where}: malformed JSON ({why} at column {e.colno})") from None
-                utt = _validate(obj, where, check_audio, base)
+                utt = _validate(obj, where, check_audio, base, need_text)
                 if utt.id in seen:
                     raise ManifestError(f"{where}: duplicate id {utt.id!r}")
             except ManifestError as e:
