@@ -6,10 +6,11 @@ Unknown keys and values of the wrong type fail at once with the key named, so a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -176,22 +177,116 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+Rule = tuple[Callable[[Any], bool], str]  # (test, what is allowed)
+
+
+def _at_least(lo: float) -> Rule:
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _fraction(upper_open: bool = False) -> Rule:
+    if upper_open:
+        return (lambda v: 0 <= v < 1), "in [0, 1)"
+    return (lambda v: 0 <= v <= 1), "in [0, 1]"
+
+
+def _one_of(*names: str) -> Rule:
+    return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
+
+
+_POSITIVE: Rule = ((lambda v: v > 0), "> 0")
+# Ranges of the fields where a bad value would otherwise fail deep in training (a ZeroDivisionError, a
+# SentencePiece traceback) or silently do nothing (epochs=-1). Every test is written so that NaN fails
+# it. Fields where 0 means "off" (max_minutes, num_workers, threads, cmvn_utts, ...) allow 0.
+RULES: dict[str, Rule] = {
+    "features.sample_rate": _at_least(1),
+    "features.n_mels": _at_least(1),
+    "features.win_ms": _POSITIVE,
+    "features.hop_ms": _POSITIVE,
+    "features.n_fft": _at_least(1),
+    "features.f_max": _at_least(0),
+    "specaug.freq_masks": _at_least(0),
+    "specaug.freq_width": _at_least(0),
+    "specaug.time_masks": _at_least(0),
+    "specaug.time_width": _at_least(0),
+    "specaug.time_width_frac": _fraction(),
+    "specaug.freq_warp": _fraction(upper_open=True),
+    "tokenizer.kind": _one_of("char", "sentencepiece"),
+    "tokenizer.vocab_size": _at_least(1),
+    "tokenizer.model_type": _one_of("unigram", "bpe", "char", "word"),  # SentencePiece's model types
+    "model.subsample": _one_of("conv1d", "conv2d"),
+    "model.stride": _at_least(1),
+    "model.subsample_channels": _at_least(1),
+    "model.hidden": _at_least(1),
+    "model.layers": _at_least(1),
+    "model.dropout": _fraction(upper_open=True),
+    "train.epochs": _at_least(1),
+    "train.max_minutes": _at_least(0),
+    "train.lr": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
+    "train.weight_decay": _at_least(0),
+    "train.adam_beta2": _fraction(upper_open=True),
+    "train.speaker_cmn_prob": _fraction(),
+    "train.warmup_steps": _at_least(0),
+    "train.final_lr_frac": _fraction(),
+    "train.grad_clip": _POSITIVE,
+    "train.max_frames": _at_least(1),
+    "train.max_batch": _at_least(1),
+    "train.num_buckets": _at_least(1),
+    "train.shuffle_buffer": _at_least(1),
+    "train.num_workers": _at_least(0),
+    "train.accum_steps": _at_least(1),
+    "train.seed": ((lambda v: 0 <= v < 2**32), "in [0, 2**32)"),  # numpy's seed range
+    "train.log_every": _at_least(1),
+    "train.threads": _at_least(0),
+    "train.max_duration": _POSITIVE,
+    "train.cmvn_utts": _at_least(0),
+    "train.save_every_steps": _at_least(0),
+    "train.keep_epochs": _at_least(0),
+    "train.max_nonfinite": _at_least(1),
+}
+
+
+def check_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` itself; raises ConfigError naming the first key whose value is out of range."""
+    for key, (ok, allowed) in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise ConfigError(f"config key '{key}': expected {allowed}, got {value!r}")
+    if cfg.model.subsample == "conv2d" and cfg.model.stride != 4:
+        raise ConfigError(f"config key 'model.stride': conv2d subsampling is fixed at 4, got {cfg.model.stride}")
+    return cfg
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """One line for a PyYAML error: where (1-based line and column, when known) and what."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-3"`` -> (["train", "lr"], 0.001); the value is parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({yaml_problem(e)})") from None
+    return key.strip().split("."), value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read ``path`` (YAML; None for the defaults) and apply ``key=value`` overrides."""
+    """Read ``path`` (YAML; None for the defaults), apply ``key=value`` overrides and check the ranges."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except OSError as e:
             raise ConfigError(f"{path}: cannot read config: {e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({yaml_problem(e)})") from None
     for item in overrides or []:
         keys, value = parse_override(item)
         node = data
@@ -200,4 +295,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{k}' is not a section")
         node[keys[-1]] = value
-    return from_dict(ExperimentConfig, data)
+    return check_config(from_dict(ExperimentConfig, data))

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from asr.config import ConfigError, ExperimentConfig, ModelConfig, from_dict, load_config, parse_override, to_dict
+from asr.config import (RULES, ConfigError, ExperimentConfig, ModelConfig, from_dict, load_config, parse_override,
+                        to_dict)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,3 +119,69 @@ def test_configs_are_frozen_and_round_trip_through_dicts():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model.hidden = 1  # type: ignore[misc]
     assert from_dict(ExperimentConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override", ["train.lr=[", "model.hidden={a", "model.subsample=@x"])
+def test_override_that_is_not_yaml_is_an_error_naming_it(override):
+    with pytest.raises(ConfigError, match=f"override '{re.escape(override)}': the value is not valid YAML"):
+        load_config(None, [override])
+
+
+def test_yaml_syntax_error_in_the_file_is_one_line_with_its_place(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hidden: [1,\n train: 3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{bad}: invalid YAML (line 4, column 1: "), msg
+
+
+@pytest.mark.parametrize("override, key, got", [
+    ("model.stride=0", "model.stride", "0"),
+    ("model.hidden=0", "model.hidden", "0"),
+    ("features.n_mels=0", "features.n_mels", "0"),
+    ("train.max_frames=0", "train.max_frames", "0"),
+    ("train.accum_steps=0", "train.accum_steps", "0"),
+    ("train.log_every=0", "train.log_every", "0"),
+    ("train.lr=nan", "train.lr", "nan"),
+    ("train.lr=.inf", "train.lr", "inf"),
+    ("train.lr=0", "train.lr", "0.0"),
+    ("train.lr=-1e-3", "train.lr", "-0.001"),
+    ("train.epochs=-1", "train.epochs", "-1"),
+    ("train.seed=-1", "train.seed", "-1"),
+    ("model.dropout=1.0", "model.dropout", "1.0"),
+    ("model.subsample=conv3d", "model.subsample", "'conv3d'"),
+    ("tokenizer.model_type=foo", "tokenizer.model_type", "'foo'"),
+    ("tokenizer.kind=bpe", "tokenizer.kind", "'bpe'"),
+])
+def test_out_of_range_value_is_an_error_naming_key_value_and_range(override, key, got):
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': expected .+, got {re.escape(got)}$"):
+        load_config(None, [override])
+
+
+def test_out_of_range_value_in_the_file_is_an_error_too(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  accum_steps: 0\n")
+    with pytest.raises(ConfigError, match="'train.accum_steps': expected >= 1, got 0"):
+        load_config(path)
+
+
+def test_conv2d_needs_stride_4():
+    with pytest.raises(ConfigError, match="'model.stride': conv2d"):
+        load_config(None, ["model.subsample=conv2d", "model.stride=3"])
+    assert load_config(None, ["model.subsample=conv2d"]).model.stride == 4
+
+
+def test_zero_where_it_means_off_is_allowed():
+    cfg = load_config(None, ["train.max_minutes=0", "train.num_workers=0", "train.threads=0", "train.cmvn_utts=0",
+                             "train.save_every_steps=0", "train.warmup_steps=0", "features.f_max=0",
+                             "specaug.freq_masks=0", "specaug.freq_warp=0", "model.dropout=0", "train.speaker_cmn_prob=0"])
+    assert cfg.train.max_minutes == 0 and cfg.train.num_workers == 0 and cfg.model.dropout == 0
+    for kind in ("unigram", "bpe", "char", "word"):
+        assert load_config(None, [f"tokenizer.model_type={kind}"]).tokenizer.model_type == kind
+
+
+def test_every_range_rule_names_a_real_key():
+    for key in RULES:
+        section, name = key.split(".")
+        assert name in {f.name for f in dataclasses.fields(getattr(ExperimentConfig(), section))}, key

@@ -273,3 +273,50 @@ def test_first_batch_has_its_own_smaller_frame_budget():
     assert [len(b) for b in batches] == [4, 20, 16]
     assert [s.id for b in batches for s in b] == [s.id for s in samples]
     assert [len(b) for b in bucket_batches(iter(samples), 1000, 100, [])] == [20, 20]
+
+
+def test_write_shards_removes_only_its_own_splits_stale_shards(corpus, tmp_path):
+    _, utts, _, _ = corpus
+    write_shards(utts[:3], tmp_path, "train-clean", progress=False)
+    (tmp_path / "train-000007.tar").write_bytes(b"stale")  # left by an earlier, larger run of this split
+    (tmp_path / "train-notes.tar").write_bytes(b"not a shard")
+    shards = write_shards(utts[:3], tmp_path, "train", progress=False)
+    assert [p.name for p in shards] == ["train-000000.tar"]
+    names = sorted(p.name for p in tmp_path.glob("*.tar"))
+    assert names == ["train-000000.tar", "train-clean-000000.tar", "train-notes.tar"]
+
+
+def test_resolve_shards_names_missing_shards_of_an_index_or_a_brace_pattern(corpus, tmp_path):
+    root, _, shards, _ = corpus
+    index = json.loads((root / "out" / "train.index.json").read_text())
+    index["shards"].append({"path": "train-000009.tar"})
+    (tmp_path / "train.index.json").write_text(json.dumps(index))
+    for s in shards:
+        (tmp_path / Path(s).name).write_bytes(Path(s).read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"train\.index\.json: 1 of 5 shards missing: \S*train-000009\.tar$"):
+        resolve_shards(str(tmp_path / "train.index.json"))
+    with pytest.raises(FileNotFoundError, match=r"2 of 6 shards missing: \S*train-000004\.tar, \S*train-000005\.tar$"):
+        resolve_shards(str(tmp_path / "train-{000000..000005}.tar"))
+    with pytest.raises(FileNotFoundError, match=r"10 of 11 shards missing: \S*train-000004\.tar, \S*train-000005\.tar, "
+                                                r"\S*train-000006\.tar, \.\.\.$"):  # the first few, and a count
+        resolve_shards(str(tmp_path / "train-0000{03..13}.tar"))
+    with pytest.raises(FileNotFoundError, match="nope-000000.tar: no such shard file"):
+        resolve_shards(str(tmp_path / "nope-000000.tar"))
+
+
+def test_resolve_shards_leaves_remote_urls_unchecked():
+    assert resolve_shards("pipe:cat /nowhere/train-{0..1}.tar") == ["pipe:cat /nowhere/train-0.tar",
+                                                                    "pipe:cat /nowhere/train-1.tar"]
+    assert resolve_shards(["https://example.org/a-000000.tar?sig=x", "s3://bucket/b-000000.tar"]) == [
+        "https://example.org/a-000000.tar?sig=x", "s3://bucket/b-000000.tar"]
+
+
+def test_resolve_shards_globs_absolute_and_relative_patterns_sorted(corpus, monkeypatch):
+    root, _, shards, _ = corpus
+    assert resolve_shards(str(root / "out" / "train-*.tar")) == shards
+    monkeypatch.chdir(root)
+    assert resolve_shards("out/train-00000[0-3].tar") == [str(Path("out") / Path(s).name) for s in shards]
+    with pytest.raises(FileNotFoundError, match=r"out/dev-\*\.tar: no shards match"):
+        resolve_shards("out/dev-*.tar")
+    with pytest.raises(FileNotFoundError, match="no shards match"):
+        resolve_shards(str(root / "out" / "dev-*.tar"))

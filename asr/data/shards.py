@@ -7,10 +7,12 @@ Batches are built by total padded frames (``max_frames``) within duration bucket
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
 import random
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +67,11 @@ def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Only this split's own numbered shards: "train-*.tar" would also match "train-clean-000000.tar".
+    own = re.compile(rf"{re.escape(split)}-\d{{6,}}\.tar")
     for old in out_dir.glob(f"{split}-*.tar"):
-        old.unlink()
+        if own.fullmatch(old.name):
+            old.unlink()
     problems = [] if problems is None else problems
     shards: list[dict] = []
     writer, count, seconds = None, 0, 0.0
@@ -102,10 +107,16 @@ def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per
     return [out_dir / s["path"] for s in shards]
 
 
-def resolve_shards(spec: str | list[str]) -> list[str]:
-    """Shard paths from a list, a ``{split}.index.json``, a folder + split glob, or a brace pattern."""
-    if isinstance(spec, list):
-        return [p for s in spec for p in resolve_shards(s)]
+REMOTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # "pipe:", "http://", "s3://", ...: webdataset opens these
+
+
+def is_remote(path: str) -> bool:
+    """A URL or ``pipe:`` command, read by webdataset and not checked here."""
+    return REMOTE.match(path) is not None
+
+
+def expand_spec(spec: str) -> list[str]:
+    """One shard spec -> shard paths or URLs, not yet checked for existence."""
     if spec.endswith(".index.json"):
         try:
             index = json.loads(Path(spec).read_text())
@@ -114,13 +125,34 @@ def resolve_shards(spec: str | list[str]) -> list[str]:
             raise ManifestError(f"{spec}: not a shard index ({type(e).__name__}: {e})") from None
     if "{" in spec:
         return list(wds.shardlists.expand_urls(spec))
-    paths = sorted(str(p) for p in Path().glob(spec)) if any(c in spec for c in "*?[") else [spec]
+    if is_remote(spec) or not any(c in spec for c in "*?["):  # a URL's "?" starts its query, not a glob
+        return [spec]
+    paths = sorted(glob.glob(spec))  # Path().glob refuses absolute patterns
     if not paths:
         raise FileNotFoundError(f"{spec}: no shards match")
-    if paths == [spec] and ":" not in spec and not Path(spec).is_file():  # "pipe:", "s3://" go to webdataset
-        # A mistyped shard fails at once rather than training on less data with a warning.
-        raise FileNotFoundError(f"{spec}: no such shard file")
     return paths
+
+
+def check_local(spec: str, paths: list[str]) -> list[str]:
+    """``paths`` as given; raises FileNotFoundError naming the local ones that are missing.
+
+    A missing shard fails at once rather than training on less data with a warning.
+    """
+    missing = [p for p in paths if not is_remote(p) and not Path(p).is_file()]
+    if paths == [spec] and missing:
+        raise FileNotFoundError(f"{spec}: no such shard file")
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise FileNotFoundError(f"{spec}: {len(missing)} of {len(paths)} shards missing: {shown}")
+    return paths
+
+
+def resolve_shards(spec: str | list[str]) -> list[str]:
+    """Shard paths from a list, a ``{split}.index.json``, a glob (absolute or relative), or a brace
+    pattern; every local shard must exist (remote URLs are left to webdataset)."""
+    if isinstance(spec, list):
+        return [p for s in spec for p in resolve_shards(s)]
+    return check_local(spec, expand_spec(spec))
 
 
 @dataclass
