@@ -44,6 +44,28 @@ def match_ids(refs: dict[str, str], hyps: dict[str, str]) -> list[str]:
     return sorted(refs)
 
 
+def error_counts(words: jiwer.WordOutput) -> tuple[Counter, Counter, Counter]:
+    """Word by word: (substitution (ref, hyp) pairs, inserted words, deleted words) over all alignments.
+
+    ``jiwer.collect_error_counts`` joins a run of errors into one entry ("A B -> C D"); here each
+    word of a run counts once.
+    """
+    subs: Counter = Counter()
+    ins: Counter = Counter()
+    dels: Counter = Counter()
+    for ref, hyp, align in zip(words.references, words.hypotheses, words.alignments):
+        for c in align:
+            r, h = ref[c.ref_start_idx:c.ref_end_idx], hyp[c.hyp_start_idx:c.hyp_end_idx]
+            if c.type == "substitute":
+                # rapidfuzz's replace blocks are runs of one-to-one replacements: equal lengths
+                subs.update(zip(r, h, strict=True))
+            elif c.type == "delete":
+                dels.update(r)
+            elif c.type == "insert":
+                ins.update(h)
+    return subs, ins, dels
+
+
 def score(refs: list[str], hyps: list[str], ids: list[str] | None = None) -> Score:
     """Corpus WER and CER of normalised ``hyps`` against ``refs`` (same order)."""
     if len(refs) != len(hyps):
@@ -55,7 +77,7 @@ def score(refs: list[str], hyps: list[str], ids: list[str] | None = None) -> Sco
     chars = jiwer.process_characters(refs, hyps)
     num_words = sum(len(r.split()) for r in refs)
     errors = words.substitutions + words.deletions + words.insertions
-    subs, ins, dels = jiwer.collect_error_counts(words)
+    subs, ins, dels = error_counts(words)
     per_utt = []
     for uid, r, h, align in zip(ids, refs, hyps, words.alignments):
         counts: Counter = Counter()
@@ -74,9 +96,9 @@ def score(refs: list[str], hyps: list[str], ids: list[str] | None = None) -> Sco
         substitutions=words.substitutions,
         deletions=words.deletions,
         insertions=words.insertions,
-        sub_pairs=Counter(subs),
-        ins_words=Counter(ins),
-        del_words=Counter(dels),
+        sub_pairs=subs,
+        ins_words=ins,
+        del_words=dels,
         per_utt=per_utt,
     )
 

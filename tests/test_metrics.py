@@ -27,6 +27,18 @@ def test_substitutions_deletions_insertions_are_counted():
     assert [(u["sub"], u["del"], u["ins"], u["words"]) for u in s.per_utt] == [(1, 0, 1, 4), (0, 1, 0, 3), (0, 0, 0, 1)]
 
 
+def test_runs_of_errors_are_counted_word_by_word():
+    # jiwer aligns each run of errors as one chunk; the tables count its words one by one
+    s = score(["a b c d", "x y z w", "p q", "b c"], ["a x y d", "x w", "p m n q", "x y"])
+    assert s.sub_pairs == {("B", "X"): 2, ("C", "Y"): 2}
+    assert s.del_words == {"Y": 1, "Z": 1} and s.ins_words == {"M": 1, "N": 1}
+    assert sum(s.sub_pairs.values()) == s.substitutions and sum(s.del_words.values()) == s.deletions
+    assert sum(s.ins_words.values()) == s.insertions
+    errs = format_errs(s)
+    assert "      2  B -> X\n" in errs and "      1  Y\n" in errs and "      1  M\n" in errs
+    assert "B C" not in errs.split("PER UTTERANCE")[0]
+
+
 def test_wer_can_exceed_one_and_empty_hypotheses_are_deletions():
     s = score(["a b"], [""])
     assert s.wer == 1.0 and s.deletions == 2

@@ -78,6 +78,15 @@ def test_report_markdown_and_pngs(scored, tmp_path):
         assert w >= 600 and h >= 300, f"{png} is {w}x{h}"
 
 
+def test_report_error_tables_count_single_words(tmp_path):
+    s = score(["i hate everyone equally it is ok"], ["i hat everyon ekually ok"], ["x"])
+    md = write_report(tmp_path, s, {"x": None}, plots=False).read_text()
+    tables = md[md.index("## Most frequent errors"):md.index("## Per-utterance alignment")]
+    assert "| 1 | HATE | HAT |" in tables and "| 1 | EQUALLY | EKUALLY |" in tables
+    assert "HATE EVERYONE" not in tables
+    assert sum(s.sub_pairs.values()) + sum(s.del_words.values()) == s.substitutions + s.deletions == 5
+
+
 def test_report_without_speakers(tmp_path):
     s = score(["a b c"], ["a b d"], ["x"])
     md = write_report(tmp_path, s, {"x": None}, plots=False).read_text()

@@ -3,18 +3,22 @@ weights and beam sizes can be compared and tuned without running the model again
 
 The file is a ``torch.save`` of plain data (loadable with ``weights_only=True``): ids, references,
 log-probs concatenated into one float32 tensor (sum T_i, V) with per-utterance lengths, the
-tokenizer's ``state()``, total audio seconds and the duration of one output frame.
+tokenizer's ``state()``, total audio seconds and the duration of one output frame. Files written
+by ``asr lm tune`` also record the model package they came from (path and SHA-256) and the manifest
+utterances whose audio could not be read, so that a cache can be checked against ``--model`` and
+``--manifest``; files without these keys (older ones, ``asr evaluate --save-emissions``) still load.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from asr.files import atomic_file
 from asr.text import Tokenizer, tokenizer_from_state
 
 FORMAT = "asr-emissions"
@@ -35,6 +39,10 @@ class Emissions:
     tokenizer_state: dict
     audio_seconds: float
     frame_shift_s: float
+    model: str | None = None  # the model package they came from, when recorded
+    model_sha256: str | None = None  # SHA-256 of that file's bytes, when recorded
+    skipped_ids: list[str] = field(default_factory=list)  # manifest utterances whose audio could not be read
+    problems: list[str] = field(default_factory=list)  # why they were skipped, one line each
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -70,8 +78,11 @@ def pad(log_probs: Sequence[Tensor] | Iterator[Tensor]) -> tuple[Tensor, Tensor]
 
 
 def save_emissions(path: str | Path, ids: Sequence[str], log_probs: Sequence[Tensor], refs: Sequence[str],
-                   tokenizer_state: dict, audio_seconds: float, frame_shift_s: float) -> None:
-    """Write emissions: ``log_probs[i]`` is (T_i, V) for utterance ``ids[i]`` with reference ``refs[i]``."""
+                   tokenizer_state: dict, audio_seconds: float, frame_shift_s: float, *, model: str | None = None,
+                   model_sha256: str | None = None, skipped_ids: Sequence[str] = (),
+                   problems: Sequence[str] = ()) -> None:
+    """Write emissions: ``log_probs[i]`` is (T_i, V) for utterance ``ids[i]`` with reference ``refs[i]``;
+    the keyword arguments are the optional provenance fields of ``Emissions``."""
     if not (len(ids) == len(log_probs) == len(refs)):
         raise EmissionsError(f"{path}: {len(ids)} ids, {len(log_probs)} log-prob tensors and {len(refs)} references differ in number")
     if len(set(ids)) != len(ids):
@@ -94,10 +105,13 @@ def save_emissions(path: str | Path, ids: Sequence[str], log_probs: Sequence[Ten
         "tokenizer": dict(tokenizer_state),
         "audio_seconds": float(audio_seconds),
         "frame_shift_s": float(frame_shift_s),
+        "model": None if model is None else str(model),
+        "model_sha256": model_sha256,
+        "skipped_ids": list(skipped_ids),
+        "problems": list(problems),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    with atomic_file(path, "wb") as f:
+        torch.save(data, f)
 
 
 def load_emissions(path: str | Path) -> Emissions:
@@ -117,8 +131,10 @@ def load_emissions(path: str | Path) -> Emissions:
     flat = data["log_probs"]
     if sum(lengths) != flat.shape[0]:
         raise EmissionsError(f"{path}: corrupt: lengths add up to {sum(lengths)} frames but {flat.shape[0]} are stored")
+    # the provenance keys are optional: files written before them, or by ``asr evaluate``, lack them
     return Emissions(list(data["ids"]), list(torch.split(flat, lengths)), list(data["refs"]), data["tokenizer"],
-                     float(data["audio_seconds"]), float(data["frame_shift_s"]))
+                     float(data["audio_seconds"]), float(data["frame_shift_s"]), data.get("model"),
+                     data.get("model_sha256"), list(data.get("skipped_ids", [])), list(data.get("problems", [])))
 
 
 def synthetic_emissions(tokenizer: Tokenizer, sentences: Sequence[str], frame_shift_s: float = 0.04,

@@ -12,6 +12,19 @@ from asr.text import normalize
 
 DEFAULT_ALPHAS = "0.25,0.5,0.75,1.0,1.5"
 DEFAULT_BETAS = "0,0.5,1,2,3"
+EXIT_SKIPPED = 3  # as asr.cli: finished, but skipped some input
+
+
+def _report(problems: list[str], what: str) -> int:
+    """Summarise skipped items on stderr as ``asr.cli._report`` does (asr.cli imports this module, not the reverse)."""
+    if not problems:
+        return 0
+    print(f"{len(problems)} {what} skipped:", file=sys.stderr)
+    for p in problems[:20]:
+        print(f"  {p}", file=sys.stderr)
+    if len(problems) > 20:
+        print(f"  ... and {len(problems) - 20} more", file=sys.stderr)
+    return EXIT_SKIPPED
 
 
 def _floats(text: str) -> list[float]:
@@ -60,7 +73,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    em = cached_emissions(args.emissions, args.model, args.manifest, device=device, workers=args.workers)
+    problems: list[str] = []
+    try:
+        em = cached_emissions(args.emissions, args.model, args.manifest, problems=problems, device=device,
+                              workers=args.workers)
+    except ValueError:
+        _report(problems, "utterances")  # what was skipped on the way to the error (e.g. every file unreadable)
+        raise
     kw = {"device": device} if args.decoder == "beam-gpu" else {"num_workers": args.decode_workers}
     res = grid_search(em, args.lm, args.alphas, args.betas, decoder=args.decoder, beam_size=args.beam_size, **kw)
     print(f"WER (%) on {len(em)} utterances, {res.num_words} words; {args.decoder}, beam {args.beam_size}, LM {args.lm}")
@@ -74,7 +93,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             "manifest": str(args.manifest) if args.manifest else None}
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"-> {out}")
-    return 0
+    return _report(problems, "utterances")
 
 
 def _run(func):
@@ -111,7 +130,8 @@ def add_lm_subparser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lm", required=True, help="ARPA LM")
     t.add_argument("--model", help="model package (needed unless --emissions exists)")
     t.add_argument("--manifest", help="dev manifest (needed unless --emissions exists)")
-    t.add_argument("--emissions", help="log-probs cache: read if present and newer than --model, else written")
+    t.add_argument("--emissions", help="log-probs cache: read if present and computed with --model over --manifest, "
+                                       "else written")
     t.add_argument("--alphas", type=_floats, default=_floats(DEFAULT_ALPHAS), help=f"LM weights (default {DEFAULT_ALPHAS})")
     t.add_argument("--betas", type=_floats, default=_floats(DEFAULT_BETAS), help=f"word bonuses (default {DEFAULT_BETAS})")
     t.add_argument("--decoder", default="beam", choices=["beam", "beam-gpu"])

@@ -6,57 +6,101 @@ the beam search over them. WER is corpus-level, scored like ``asr evaluate``.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from asr.decode import build_decoder
 from asr.decode.emissions import Emissions, load_emissions, save_emissions
 from asr.decode.greedy import GreedyDecoder
 from asr.metrics import score
 
+if TYPE_CHECKING:
+    from asr.data.manifest import Utterance
+
 log = logging.getLogger(__name__)
 
 
-def compute_emissions(model: str | Path, manifest: str | Path, device: str = "cpu", max_frames: int = 60000,
-                      workers: int = 0, progress: bool = False) -> Emissions:
-    """Run the model package ``model`` over ``manifest``: per utterance log-probs (T_i, V)."""
-    from asr.data.manifest import read_manifest
+def model_sha256(path: str | Path) -> str:
+    """SHA-256 of the model package file's bytes: what an emissions cache records of its model."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # (hashlib.file_digest needs Python 3.11)
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compute_emissions(model: str | Path, utts: list[Utterance], device: str = "cpu", max_frames: int = 60000,
+                      workers: int = 0, progress: bool = False, problems: list[str] | None = None) -> Emissions:
+    """Run the model package ``model`` over ``utts``: per utterance log-probs (T_i, V). Audio that
+    cannot be read is skipped, recorded in the result and appended to ``problems`` if given."""
     from asr.evaluate import decode_utterances
     from asr.package import load_package
     from asr.recognizer import Recognizer
 
     pkg = load_package(model)
     rec = Recognizer.from_package(pkg, device)
-    utts = read_manifest(manifest)
     decoded = decode_utterances(rec, GreedyDecoder(rec.tokenizer), utts, max_frames=max_frames, num_workers=workers,
                                 keep_log_probs=True, progress=progress)
+    if problems is not None:
+        problems += decoded.problems
     kept = [u for u in utts if u.id in decoded.log_probs]
-    if not kept:
-        raise ValueError(f"{manifest}: no utterance could be decoded")
     return Emissions([u.id for u in kept], [decoded.log_probs[u.id] for u in kept], [u.text for u in kept],
-                     rec.tokenizer.state(), decoded.audio_seconds, pkg.frame_shift)
+                     rec.tokenizer.state(), decoded.audio_seconds, pkg.frame_shift, str(model), model_sha256(model),
+                     [u.id for u in utts if u.id not in decoded.log_probs], decoded.problems)
+
+
+def stale_reason(em: Emissions, cache: str | Path, model: str | Path | None,
+                 utts: list[Utterance] | None) -> str | None:
+    """Why the cached ``em`` does not fit ``model`` or the manifest's usable ``utts``; None when it fits
+    (or when neither is given)."""
+    if model is not None and Path(model).exists():
+        if em.model_sha256 is not None:
+            if em.model_sha256 != model_sha256(model):
+                return f"it was computed with another model ({em.model}), not {model}"
+        elif Path(model).stat().st_mtime > Path(cache).stat().st_mtime:
+            return f"it is older than {model}"  # no digest recorded (older file, asr evaluate): go by time
+    if utts is not None:
+        want = {u.id for u in utts}
+        have = set(em.ids) | set(em.skipped_ids)
+        if have != want:
+            return (f"its utterances are not the manifest's ({len(have - want)} of its {len(have)} are not in the "
+                    f"manifest, {len(want - have)} of the manifest's {len(want)} are not in it)")
+    return None
 
 
 def cached_emissions(cache: str | Path | None, model: str | Path | None = None, manifest: str | Path | None = None,
-                     **kw) -> Emissions:
-    """Emissions from ``cache`` when it exists and is newer than ``model``; else computed from
-    ``model`` and ``manifest`` (and written to ``cache`` when given). ``kw`` go to ``compute_emissions``."""
+                     *, problems: list[str] | None = None, **kw) -> Emissions:
+    """Emissions from ``cache`` when it exists and fits ``model`` and ``manifest`` (see ``stale_reason``);
+    else computed from them (and written to ``cache`` when given). Every utterance left out (bad manifest
+    lines, unreadable audio, also those recorded in the cache) is appended to ``problems`` if given.
+    ``kw`` go to ``compute_emissions``."""
+    from asr.data.manifest import read_manifest
+
+    utts = read_manifest(manifest, problems=problems) if manifest is not None else None
     if cache is not None and Path(cache).exists():
-        stale = model is not None and Path(model).exists() and Path(model).stat().st_mtime > Path(cache).stat().st_mtime
-        if not stale:
-            em = load_emissions(cache)
+        em = load_emissions(cache)
+        why = stale_reason(em, cache, model, utts)
+        if why is None:
             log.info("emissions of %d utterances read from %s", len(em), cache)
+            if problems is not None:
+                problems += em.problems
             return em
-        log.info("%s is older than %s: computing the emissions again", cache, model)
-    if model is None or manifest is None:
+        if model is None or utts is None:
+            raise ValueError(f"{cache} does not fit: {why}; give --model and --manifest to compute it again")
+        log.warning("%s does not fit: %s; computing the emissions again", cache, why)
+    if model is None or utts is None:
         raise ValueError(f"no emissions file {cache}; give --model and --manifest to compute it" if cache
                          else "give --emissions, or --model and --manifest")
-    em = compute_emissions(model, manifest, **kw)
+    em = compute_emissions(model, utts, problems=problems, **kw)
+    if not len(em):
+        raise ValueError(f"no utterance of {manifest} could be decoded")
     if cache is not None:
-        save_emissions(cache, em.ids, em.log_probs, em.refs, em.tokenizer_state, em.audio_seconds, em.frame_shift_s)
+        save_emissions(cache, em.ids, em.log_probs, em.refs, em.tokenizer_state, em.audio_seconds, em.frame_shift_s,
+                       model=em.model, model_sha256=em.model_sha256, skipped_ids=em.skipped_ids, problems=em.problems)
     return em
 
 
@@ -95,7 +139,7 @@ def grid_search(em: Emissions, lm: str | Path, alphas: Sequence[float], betas: S
         raise ValueError("give at least one alpha and one beta")
     tok = em.tokenizer()
     refs = em.refs
-    greedy_wer = score(refs, decode_emissions(GreedyDecoder(tok), em)).wer
+    greedy = score(refs, decode_emissions(GreedyDecoder(tok), em))
     plain = build_decoder(decoder, tok, None, beam_size=beam_size, **decoder_kw)
     try:
         no_lm = score(refs, decode_emissions(plain, em)).wer
@@ -114,9 +158,9 @@ def grid_search(em: Emissions, lm: str | Path, alphas: Sequence[float], betas: S
             if progress:
                 log.info("alpha %.3g beta %.3g: WER %.2f%% (%.1f s)", a, b, 100 * s.wer, time.perf_counter() - start)
     best = min(grid, key=lambda g: (g["wer"], g["alpha"], g["beta"]))
-    words = sum(len(r.split()) for r in refs)
-    return TuneResult(best["alpha"], best["beta"], best["wer"], greedy_wer, no_lm, decoder, beam_size, len(em),
-                      words, grid)
+    # words of the normalised references, as scored (not of the raw text)
+    return TuneResult(best["alpha"], best["beta"], best["wer"], greedy.wer, no_lm, decoder, beam_size, len(em),
+                      greedy.num_words, grid)
 
 
 def format_grid(res: TuneResult) -> str:
