@@ -124,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     problems: list[str] = []
     dev = read_manifest(args.dev, strict=args.strict, problems=problems) if args.dev else []
     try:
-        summary = train(cfg, shards, dev, args.exp, device=args.device, resume=args.resume, strict=args.strict)
+        summary = train(cfg, shards, dev, args.exp, device=args.device, resume=args.resume, strict=args.strict,
+                        dev_problems=problems)
     except TrainingError as e:
         print(f"asr train: error: {e}", file=sys.stderr)
         return 2
@@ -134,10 +135,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         # train_summary.json), and the status stays 0. The other ranks' summaries lack the dev WER.
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(summary))
-            _report(problems + summary["skipped"], "training or dev items")
+            _report(summary["skipped"], "training or dev items")
         return 0
     print(json.dumps(summary))
-    return _report(problems + summary["skipped"], "training or dev items")
+    rc = _report(summary["skipped"], "training or dev items")
+    if "interrupted" in summary:  # the shell's status for a process ended by that signal
+        import signal
+
+        return 128 + signal.Signals[summary["interrupted"]].value
+    return rc
 
 
 def make_decoder(args: argparse.Namespace, tokenizer):

@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +175,8 @@ def compute_cmvn(frontend: FeatureExtractor, loader: DataLoader, max_utts: int, 
             seen += len(batch["ids"])
             if max_utts and seen >= max_utts:
                 break
+    if seen == 0:
+        raise TrainingError("no training utterance could be read from the shards (the warnings above say why)")
     return acc.stats()
 
 
@@ -250,11 +254,43 @@ def validate(model: AcousticModel, frontend: FeatureExtractor, tokenizer: Tokeni
     return {"wer": s.wer, "cer": s.cer}
 
 
-class StepLog:
-    """Per-step and per-epoch records as JSON lines (``train_log.jsonl``), for plotting."""
+# What a checkpoint's weights and tokenizer were made for; the rest (epochs, LR, batches) may change.
+FIXED_SECTIONS = ("model", "features", "tokenizer")
 
-    def __init__(self, path: Path, enabled: bool):
-        self.f = open(path, "a") if enabled else None
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """Settings of FIXED_SECTIONS that differ between a checkpoint's config and this run's, as
+    "section.key is NOW here, SAVED in the checkpoint"."""
+    out = []
+    for section in FIXED_SECTIONS:
+        old, new = saved.get(section, {}), now.get(section, {})
+        for key in sorted(set(old) & set(new)):
+            if old[key] != new[key]:
+                out.append(f"{section}.{key} is {new[key]!r} here, {old[key]!r} in the checkpoint")
+    return out
+
+
+class StepLog:
+    """Per-step and per-epoch records as JSON lines (``train_log.jsonl``), for plotting.
+
+    A fresh run starts the file anew; a resumed one keeps the records up to its checkpoint's
+    ``until_step`` (a run killed after its last checkpoint logged steps that it will redo).
+    """
+
+    def __init__(self, path: Path, enabled: bool, until_step: int | None = None):
+        self.f = None
+        if not enabled:
+            return
+        kept = []
+        if until_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= until_step:
+                        kept.append(line + "\n")
+                except json.JSONDecodeError:  # a line torn by a kill
+                    continue
+        self.f = open(path, "w")
+        self.f.writelines(kept)
 
     def write(self, **rec) -> None:
         if self.f:
@@ -262,15 +298,57 @@ class StepLog:
             self.f.flush()
 
 
+class StopSignals:
+    """While training: SIGTERM (a preempted or cancelled job) or Ctrl-C asks the loop to stop after
+    the step it is in and save a checkpoint (``name`` is then the signal's name). A second Ctrl-C
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+        log.warning("%s: stopping after this step to save a checkpoint (Ctrl-C again stops at once)", self.name)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM and Ctrl-C to the training process, which stops them after
+    its checkpoint (a worker killed first would break the batch the loop is waiting for)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], exp_dir: str | Path,
-          device: str = "auto", resume: bool = False, strict: bool = False) -> dict:
+          device: str = "auto", resume: bool = False, strict: bool = False,
+          dev_problems: list[str] | None = None) -> dict:
     """Train a model; writes ``exp_dir/model.pt`` (best dev WER), ``ckpt/``, ``train_log.jsonl``.
 
     Bad data (unreadable shards or samples, untokenizable or CTC-infeasible transcripts, non-finite
-    losses, unreadable dev audio) is skipped and listed in the summary's ``skipped``; ``strict``
-    raises TrainingError at the first instead. Returns a summary (best dev WER, epochs, steps,
-    counts, the skipped items, wall time).
+    losses, unreadable dev audio; ``dev_problems``: the dev manifest's bad lines) is skipped and
+    listed in the summary's ``skipped``; ``strict`` raises TrainingError at the first instead.
+    SIGTERM or Ctrl-C stops after the current step with a checkpoint (the summary's ``interrupted``
+    names the signal). Returns a summary (best dev WER, epochs, steps, counts, the skipped items,
+    wall time).
     """
+    with StopSignals() as stop:
+        return _train(cfg, train_shards, dev, Path(exp_dir), device, resume, strict, dev_problems or [], stop)
+
+
+def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], exp: Path, device: str,
+           resume: bool, strict: bool, dev_problems: list[str], stop: StopSignals) -> dict:
     tc = cfg.train
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     dd = setup_distributed(device)
@@ -291,10 +369,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         # A rank without a shard would end every epoch at once for all ranks (they stop together).
         raise TrainingError(f"{len(train_shards)} training shard(s) for {dd.world} ranks: every rank needs at least "
                             "one; write more, smaller shards (asr shard --max-per-shard)")
-    exp = Path(exp_dir)
     (exp / "ckpt").mkdir(parents=True, exist_ok=True)
-    if dd.main:
-        (exp / "config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
     state_path = exp / "ckpt" / "state.pt"
     if dd.main:
         # A run killed while writing a checkpoint leaves its temporary file (atomic_save's); the
@@ -304,6 +379,17 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     state = load_checkpoint(state_path) if resume and state_path.exists() else None
     if resume and state is None:
         log.warning("--resume: no checkpoint at %s, starting from scratch", state_path)
+    if state:
+        changed = changed_settings(state["config"], to_dict(cfg))
+        if changed:
+            raise TrainingError(f"--resume: {'; '.join(changed[:4])}{' ...' if len(changed) > 4 else ''} "
+                                f"(checkpoint {state_path}); resume with the checkpoint's settings, or start a new --exp")
+    elif dd.main:
+        # A fresh run: epoch packages of an earlier run here would read as this run's.
+        for old in (exp / "ckpt").glob("epoch-*.pt"):
+            old.unlink()
+    if dd.main:
+        (exp / "config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
 
     random.seed(tc.seed)
     np.random.seed(tc.seed)
@@ -318,7 +404,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
     # resumed run would diverge from an uninterrupted one.
     loader = DataLoader(data, batch_size=None, num_workers=tc.num_workers, pin_memory=dev_t.type == "cuda",
                         prefetch_factor=4 if tc.num_workers else None, persistent_workers=False,
-                        generator=torch.Generator().manual_seed(tc.seed))
+                        generator=torch.Generator().manual_seed(tc.seed), worker_init_fn=ignore_stop_signals)
     frontend = FeatureExtractor(cfg.features, cfg.specaug).to(dev_t)
     spk_means: dict[str, torch.Tensor] = {}
     if state:
@@ -359,20 +445,29 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         sched.load_state_dict(state["scheduler"])
         epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         best_wer, history = state["best_wer"], state["history"]
+        if best_wer < 0:  # checkpoints before 2026-11-28 kept -epoch here when there was no dev set
+            best_wer = float("inf")
         set_rng_state(state["rng"])
         log.info("resumed from %s: epoch %d, batch %d, step %d", state_path, epoch + 1, start_batch, step)
     if dd.main:
         log.info("model: %.2fM parameters, vocab %d (%s); ~%d steps/epoch, %d epochs, device %s, world %d",
                  model.num_params() / 1e6, tokenizer.vocab_size, tokenizer.kind, steps_per_epoch, tc.epochs, device, dd.world)
-    steplog = StepLog(exp / "train_log.jsonl", dd.main)
+    steplog = StepLog(exp / "train_log.jsonl", dd.main, until_step=state["step"] if state else None)
     counters = Counters()
     running = state.get("running", {}) if state else {}  # checkpoints before this field have none
     for k, v in running.get("counters", {}).items():
         setattr(counters, k, v)
     counters.problems.update(running.get("problems", {}))
-    t_start = time.time()
+    # A resumed run goes on with the clock where it stopped: train.max_minutes is the whole run's
+    # budget, and a learning rate paced by it must not start its decay over.
+    t_start = time.time() - running.get("elapsed", 0.0)
     deadline = t_start + tc.max_minutes * 60 if tc.max_minutes > 0 else float("inf")
     stopped_early = False
+    if state and tc.max_minutes > 0:
+        log.info("%.1f of train.max_minutes=%g used before this resume", (time.time() - t_start) / 60, tc.max_minutes)
+        if time.time() > deadline:
+            log.warning("train.max_minutes=%g is used up: nothing to do (raise it to train on)", tc.max_minutes)
+            stopped_early = True
 
     bar: tqdm | None = None
 
@@ -388,6 +483,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 partial = {"loss": sums["loss"], "tokens": sums["tokens"]} if batch_pos else {}
                 save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer,
                                 history, {"sums": partial, "skipped": sorted(skipped), "problems": counters.problems,
+                                          "elapsed": time.time() - t_start,
                                           "counters": {"infeasible": counters.infeasible,
                                                        "untokenizable": counters.untokenizable,
                                                        "nonfinite": counters.nonfinite}},
@@ -396,7 +492,7 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 fail(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good checkpoint is "
                      "intact, free space and rerun with --resume")
 
-    skipped: set[str] = set(running.get("skipped", []))
+    skipped: set[str] = set(running.get("skipped", [])) | set(dev_problems)
     sums = {"loss": 0.0, "tokens": 0, "audio_s": 0.0}
     data_wait = 0.0
 
@@ -418,14 +514,18 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
             t_wait = time.perf_counter()
             batch = next(it, None)
             data_wait += time.perf_counter() - t_wait
+            out_of_data, signalled = batch is None, stop.name is not None
             if dd.world > 1:
                 # Stop the epoch on every rank as soon as one rank runs out, so no rank waits forever
-                # in an all-reduce that the others never join.
-                flag = torch.tensor([0.0 if batch is None else 1.0], device=dev_t)
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                if flag.item() == 0:
-                    break
-            elif batch is None:
+                # in an all-reduce that the others never join; and all stop for a signal together.
+                flags = torch.tensor([float(out_of_data), float(signalled)], device=dev_t)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                out_of_data, signalled = (bool(f) for f in flags.tolist())
+            # At a step's boundary only: the micro-batches of a step all count, or none does.
+            if signalled and (batch_pos - start_batch) % tc.accum_steps == 0:
+                stopped_early = True
+                break
+            if out_of_data:
                 break
             batch_pos += 1
             skipped.update(batch.get("problems", []))
@@ -523,14 +623,25 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
                 log.info("max_minutes=%.1f reached; stopping after step %d", tc.max_minutes, step)
                 break
         bar.close()
+        if stopped_early and stop.name is not None:
+            # No validation: a preempted job may have seconds. The batch fetched last was not used.
+            checkpoint(epoch, batch_pos)
+            log.warning("%s: stopped after step %d; checkpoint %s saved, continue with --resume",
+                        stop.name, step, state_path)
+            break
         if stopped_early and batch is not None:
             # Out of time mid-epoch: keep the position so --resume continues with the next batch, and
             # keep the newest weights as the model when they score better (or when there is no dev set).
             if dd.main:
-                wer_now = validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames, skipped, strict)["wer"] if dev else -1.0
-                if wer_now <= best_wer or not (exp / "model.pt").exists():
-                    best_wer = min(best_wer, wer_now)
-                    meta = {"epoch": epoch, "step": step, "dev_wer": wer_now if dev else None, "config": to_dict(cfg),
+                wer_now = None
+                if dev:
+                    # An uninterrupted run does not validate here: its random state must stay as it
+                    # is (the dev loader draws a seed), or the resumed run would not be the same.
+                    with torch.random.fork_rng(devices=[]):
+                        wer_now = validate(model, frontend, tokenizer, dev, dev_t, tc.max_frames, skipped, strict)["wer"]
+                if wer_now is None or wer_now <= best_wer or not (exp / "model.pt").exists():
+                    best_wer = min(best_wer, float("inf") if wer_now is None else wer_now)
+                    meta = {"epoch": epoch, "step": step, "dev_wer": wer_now, "config": to_dict(cfg),
                             "partial_epoch": True}
                     save_package(exp / "model.pt", model, cfg.features, cmvn[0], cmvn[1], tokenizer, meta)
             checkpoint(epoch, batch_pos)
@@ -547,24 +658,26 @@ def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], 
         history.append(rec)
         if dd.main:
             steplog.write(**rec)
-            wer_now = rec.get("dev_wer", -rec["epoch"])  # without dev data, the latest model is the best
+            wer_now = rec.get("dev_wer")  # None without dev data: then the latest model is the one kept
             meta = {"epoch": epoch, "step": step, "dev_wer": rec.get("dev_wer"), "config": to_dict(cfg)}
             save_package(exp / "ckpt" / f"epoch-{epoch}.pt", model, cfg.features, cmvn[0], cmvn[1], tokenizer, meta)
             old = exp / "ckpt" / f"epoch-{epoch - tc.keep_epochs}.pt"
             old.unlink(missing_ok=True)
-            if wer_now <= best_wer:
-                best_wer = wer_now
+            if wer_now is None or wer_now <= best_wer:
+                best_wer = min(best_wer, float("inf") if wer_now is None else wer_now)
                 save_package(exp / "model.pt", model, cfg.features, cmvn[0], cmvn[1], tokenizer, meta)
         checkpoint(epoch, 0)
     if counters.infeasible or counters.untokenizable:
         log.warning("filtered %d CTC-infeasible and %d untokenizable training utterances (counted per epoch)",
                     counters.infeasible, counters.untokenizable)
     if skipped:
-        log.warning("%d bad training samples were skipped, e.g. %s", len(skipped), "; ".join(sorted(skipped)[:3]))
-    summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if not dev or best_wer == float("inf") else best_wer,
+        log.warning("%d bad training or dev items were skipped, e.g. %s", len(skipped), "; ".join(sorted(skipped)[:3]))
+    summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if best_wer == float("inf") else best_wer,
                "infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
                "nonfinite": counters.nonfinite, "skipped": sorted(skipped | set(counters.problems.values())),
                "train_seconds": round(time.time() - t_start, 1)}
+    if stop.name is not None and stopped_early:
+        summary["interrupted"] = stop.name
     if dd.main:
         (exp / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if dd.world > 1:

@@ -306,6 +306,10 @@ def test_train_skips_bad_shards_samples_and_labels_and_trains_on_the_rest(corpus
     for uid, b in corpus.bad.items():
         assert_named(skipped, uid, b.problem)
     manifest_line_problems(corpus, err)
+    # ... and kept in train_summary.json, the dev manifest's bad lines included.
+    on_disk = json.loads((tmp_path / "exp" / "train_summary.json").read_text())
+    assert on_disk["skipped"] == summary["skipped"]
+    manifest_line_problems(corpus, "\n".join(on_disk["skipped"]))
     assert re.search(r"\d+ training or dev items skipped", err)
 
 
@@ -325,6 +329,9 @@ def test_train_refuses_a_missing_shard_or_a_broken_index(tmp_path, capsys, caplo
     (tmp_path / "x.index.json").write_text('{"shards": [')
     rc, _, err = asr(["train", "--train", tmp_path / "x.index.json", "--exp", tmp_path / "exp", *TRAIN], capsys, caplog)
     assert rc == 2 and "x.index.json: not a shard index" in err
+    (tmp_path / "junk-000000.tar").write_bytes(bytes(range(256)) * 20)
+    rc, _, err = asr(["train", "--train", tmp_path / "junk-000000.tar", "--exp", tmp_path / "exp", *TRAIN], capsys, caplog)
+    assert rc == 2 and "no training utterance could be read from the shards" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------ evaluate, transcribe

@@ -103,9 +103,27 @@ def run_to_end(cmd: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_weights(train_shards, tmp_path):
-    straight = run_to_end(train_cmd(train_shards, tmp_path / "straight", resume=False))
-    expected = read_checked(tmp_path / "straight" / "ckpt" / "state.pt", "training checkpoint")
+@pytest.fixture(scope="module")
+def uninterrupted(train_shards, tmp_path_factory) -> tuple[dict, dict]:
+    """(summary, final checkpoint) of the run never stopped."""
+    exp = tmp_path_factory.mktemp("straight")
+    return run_to_end(train_cmd(train_shards, exp, resume=False)), read_checked(exp / "ckpt" / "state.pt",
+                                                                                 "training checkpoint")
+
+
+def assert_same_training(got: dict, expected: dict) -> None:
+    assert got["model"].keys() == expected["model"].keys()
+    for name, w in expected["model"].items():
+        assert torch.equal(got["model"][name], w), f"{name} differs after the stop and --resume"
+    for a, b in zip(got["optimizer"]["state"].values(), expected["optimizer"]["state"].values()):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    # The per-epoch records are those of the straight run (each epoch counted once, same losses).
+    assert [(h["epoch"], h["step"], h["train_loss"]) for h in got["history"]] == \
+           [(h["epoch"], h["step"], h["train_loss"]) for h in expected["history"]]
+
+
+def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_weights(train_shards, tmp_path, uninterrupted):
+    straight, expected = uninterrupted
     steps_per_epoch = [r["step"] for r in expected["history"]]
     assert straight["epochs"] == 3 and steps_per_epoch[0] >= 4, steps_per_epoch
 
@@ -127,14 +145,45 @@ def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_weights(train_shar
 
     resumed = run_to_end(train_cmd(train_shards, exp, resume=True))
     assert resumed["steps"] == straight["steps"] and resumed["epochs"] == 3
-    got = read_checked(ckpt, "training checkpoint")
-    assert got["model"].keys() == expected["model"].keys()
-    for name, w in expected["model"].items():
-        assert torch.equal(got["model"][name], w), f"{name} differs after kill -9 and --resume"
-    for a, b in zip(got["optimizer"]["state"].values(), expected["optimizer"]["state"].values()):
-        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
-    # The per-epoch records are those of the straight run (each epoch counted once, same losses).
-    assert [(h["epoch"], h["step"], h["train_loss"]) for h in got["history"]] == \
-           [(h["epoch"], h["step"], h["train_loss"]) for h in expected["history"]]
+    assert_same_training(read_checked(ckpt, "training checkpoint"), expected)
     # Killed checkpoint writes leave no torn state.pt; stray temporary files are cleaned up on resume.
     assert sorted(p.name for p in (exp / "ckpt").iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_that_resumes_exactly(train_shards, tmp_path, uninterrupted, sig):
+    """A preempted job (SIGTERM) or Ctrl-C: the step in progress finishes, a checkpoint is written
+    (with no checkpoints between epochs), the process says so and exits 128 + the signal; --resume
+    then ends with the uninterrupted run's weights, and the log holds each step once."""
+    straight, expected = uninterrupted
+    exp = tmp_path / "stopped"
+    cmd = train_cmd(train_shards, exp, resume=False)
+    cmd[cmd.index("train.save_every_steps=1")] = "train.save_every_steps=0"
+    # Its own process group, signalled whole, as a terminal's Ctrl-C or a batch system's SIGTERM
+    # reaches the loader worker too.
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        while not any(r["step"] >= 2 for r in logged_steps(exp)):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no step 2 within 40 s"
+            time.sleep(0.005)
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert f"{sig.name}: stopped after step" in err and "Traceback" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    state = read_checked(exp / "ckpt" / "state.pt", "training checkpoint")
+    assert summary["interrupted"] == sig.name and summary["steps"] == state["step"] >= 2
+    assert state["epoch"] == 0 and state["step"] < straight["steps"]
+
+    resumed = run_to_end(train_cmd(train_shards, exp, resume=True))
+    assert resumed["steps"] == straight["steps"] and "interrupted" not in resumed
+    assert_same_training(read_checked(exp / "ckpt" / "state.pt", "training checkpoint"), expected)
+    steps = [r["step"] for r in logged_steps(exp)]
+    assert steps == list(range(1, straight["steps"] + 1)), "each step logged once"

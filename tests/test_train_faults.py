@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-import asr.package
+import asr.files
 import asr.train as T
 from asr.cli import main
 from asr.package import read_checked
@@ -116,7 +116,7 @@ def test_disk_full_stops_with_a_clear_error_and_the_last_checkpoint_intact(train
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(asr.package.os, "fsync", fsync)
+    monkeypatch.setattr(asr.files.os, "fsync", fsync)
     rc = main(["train", "--train", *train_shards, "--exp", str(exp), "--device", "cpu", *cfg])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
@@ -128,7 +128,7 @@ def test_disk_full_stops_with_a_clear_error_and_the_last_checkpoint_intact(train
     assert not [p.name for p in (exp / "ckpt").iterdir() if p.name.endswith(".tmp")], "no temporary file left"
 
     # Space is back: --resume finishes the run, and it is the run that never failed.
-    monkeypatch.setattr(asr.package.os, "fsync", real_fsync)
+    monkeypatch.setattr(asr.files.os, "fsync", real_fsync)
     assert main(["train", "--train", *train_shards, "--exp", str(exp), "--device", "cpu", "--resume", *cfg]) == 0
     got, expected = final_weights(exp), final_weights(straight)
     assert all(torch.equal(got[k], v) for k, v in expected.items())
