@@ -109,6 +109,10 @@ def cmd_shard(args: argparse.Namespace) -> int:
         random.Random(args.shuffle).shuffle(utts)
     split = args.split or Path(args.manifest).name.split(".")[0]
     paths = write_shards(utts, args.output, split, args.max_per_shard, problems, strict=args.strict)
+    if not paths:
+        _report(problems, "utterances")
+        print(f"asr shard: error: no utterance of {args.manifest} could be sharded", file=sys.stderr)
+        return 2
     print(f"{args.output}: {len(paths)} shards of {split}")
     return _report(problems, "utterances")
 
@@ -422,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("-o", "--output", required=True, help="shard folder")
     p.add_argument("--split", help="shard name prefix (default: the manifest's name)")
-    p.add_argument("--max-per-shard", type=int, default=1000)
+    p.add_argument("--max-per-shard", type=positive_int, default=1000)
     p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
     p.add_argument("--shuffle", type=int, metavar="SEED",
                    help="write the utterances in a random order drawn with SEED (for training shards: a sorted "

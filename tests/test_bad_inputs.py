@@ -243,6 +243,15 @@ def test_shard_decodes_every_file_names_each_bad_one_and_keeps_the_rest(corpus, 
     assert index["num_utts"] == len(corpus.good)
 
 
+def test_shard_with_nothing_to_shard_is_an_error(corpus, tmp_path, capsys, caplog):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    rc, _, err = asr(["shard", empty, "-o", tmp_path / "shards"], capsys, caplog)
+    assert rc == 2 and f"no utterance of {empty} could be sharded" in err
+    with pytest.raises(SystemExit):
+        asr(["shard", corpus.manifest, "-o", tmp_path / "shards", "--max-per-shard", "0"], capsys, caplog)
+
+
 def test_shard_strict_stops_at_the_first_bad_line_or_file(corpus, tmp_path, capsys, caplog):
     rc, _, err = asr(["shard", corpus.manifest, "-o", tmp_path / "s", "--strict"], capsys, caplog)
     assert rc == 2 and re.search(r"asr shard: error: .*all\.jsonl:\d+: malformed JSON", err), err

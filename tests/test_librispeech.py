@@ -75,6 +75,16 @@ def test_missing_flac_is_skipped_and_reported(tmp_path):
     assert "26-496.trans.txt:1" in joined and "19-198.trans.txt:2" in joined
 
 
+def test_a_recording_without_a_transcript_line_is_reported(tmp_path):
+    expected = build_corpus(tmp_path)
+    stray = tmp_path / "train-clean-mini" / "19" / "227" / "19-227-0009.flac"
+    write_audio(stray, 0.3)
+    problems: list[str] = []
+    utts = prepare_librispeech(tmp_path, problems, progress=False)
+    assert [u.id for u in utts] == sorted(expected)
+    assert problems == [f"{stray}: no line for it in 19-227.trans.txt"]
+
+
 def test_empty_and_duplicate_transcripts_are_reported(tmp_path):
     folder = tmp_path / "7" / "8"
     for i in range(2):

@@ -36,10 +36,12 @@ def prepare_librispeech(root: str | Path, problems: list[str] | None = None,
     utts: list[Utterance] = []
     seen: set[str] = set()
     for trans in tqdm(transcripts, desc="prepare", unit="chapter", disable=not progress):
+        listed: set[str] = set()
         for n, line in enumerate(trans.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
+            listed.add(uid)
             where = f"{trans}:{n}"
             text = normalize(text)
             audio = trans.parent / f"{uid}.flac"
@@ -61,4 +63,12 @@ def prepare_librispeech(root: str | Path, problems: list[str] | None = None,
                 continue
             seen.add(uid)
             utts.append(Utterance(uid, str(audio.resolve()), text, round(duration, 3), uid.split("-")[0]))
+        # A recording with no transcript line would be left out without a word.
+        for audio in sorted(trans.parent.glob("*.flac")):
+            if audio.stem not in listed:
+                e = f"{audio}: no line for it in {trans.name}"
+                if strict:
+                    raise AudioError(e)
+                log.warning("skipped: %s", e)
+                problems.append(e)
     return sorted(utts, key=lambda u: u.id)
