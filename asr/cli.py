@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-log = logging.getLogger("asr")
+from asr.skipped import report_skipped
 
-EXIT_SKIPPED = 3
+log = logging.getLogger("asr")
 
 
 def positive_int(text: str) -> int:
@@ -29,18 +29,6 @@ def positive_int(text: str) -> int:
     return n
 
 
-def _report(problems: list[str], what: str, strict: bool = False) -> int:
-    """Summarise skipped items; the exit status tells scripts that something was skipped."""
-    if not problems:
-        return 0
-    print(f"{len(problems)} {what} skipped:", file=sys.stderr)
-    for p in problems[:20]:
-        print(f"  {p}", file=sys.stderr)
-    if len(problems) > 20:
-        print(f"  ... and {len(problems) - 20} more", file=sys.stderr)
-    return EXIT_SKIPPED
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from asr.data.synth import make_corpus
 
@@ -48,7 +36,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
                            test_voices=args.test_voices or None, num_train_voices=args.train_voices,
                            seed=args.seed, jobs=args.jobs, use_flite=not args.no_flite)
     print(f"wrote synthetic corpus to {args.out}")
-    return _report(problems, "utterances")
+    return report_skipped(problems, "utterances")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -68,14 +56,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             return 2
         for name, utts in manifests.items():
             print(f"{args.output}/{name}.jsonl: {len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min")
-        return _report(problems, "recordings")
+        return report_skipped(problems, "recordings")
     from asr.data.librispeech import prepare_librispeech
 
     utts = prepare_librispeech(args.root, problems, strict=args.strict)
     n = write_manifest(args.output, utts)
     hours = sum(u.duration for u in utts) / 3600
     print(f"{args.output}: {n} utterances, {hours:.2f} h")
-    return _report(problems, "utterances")
+    return report_skipped(problems, "utterances")
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
@@ -92,7 +80,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
                                    seed=args.seed, band_limit_hz=args.band_limit, problems=problems, jobs=args.jobs)
     n = write_manifest(args.output, out)
     print(f"{args.output}: {n} utterances ({len(utts)} in), {sum(u.duration for u in out) / 60:.1f} min")
-    return _report(problems, "utterances")
+    return report_skipped(problems, "utterances")
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -110,11 +98,11 @@ def cmd_shard(args: argparse.Namespace) -> int:
     split = args.split or Path(args.manifest).name.split(".")[0]
     paths = write_shards(utts, args.output, split, args.max_per_shard, problems, strict=args.strict)
     if not paths:
-        _report(problems, "utterances")
+        report_skipped(problems, "utterances")
         print(f"asr shard: error: no utterance of {args.manifest} could be sharded", file=sys.stderr)
         return 2
     print(f"{args.output}: {len(paths)} shards of {split}")
-    return _report(problems, "utterances")
+    return report_skipped(problems, "utterances")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -139,10 +127,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         # train_summary.json), and the status stays 0. The other ranks' summaries lack the dev WER.
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(summary))
-            _report(summary["skipped"], "training or dev items")
+            report_skipped(summary["skipped"], "training or dev items")
         return 0
     print(json.dumps(summary))
-    rc = _report(summary["skipped"], "training or dev items")
+    rc = report_skipped(summary["skipped"], "training or dev items")
     if "interrupted" in summary:  # the shell's status for a process ended by that signal
         import signal
 
@@ -192,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                 keep_log_probs=bool(args.save_emissions), strict=args.strict)
     decoded.problems[:0] = problems
     if not decoded.hyps:  # a WER over nothing would read 0.00%
-        _report(decoded.problems, "utterances")
+        report_skipped(decoded.problems, "utterances")
         print(f"asr evaluate: error: no utterance of {args.manifest} could be decoded", file=sys.stderr)
         return 2
     out = Path(args.out or Path(args.model).parent / "decode" / Path(args.manifest).stem)
@@ -208,11 +196,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.no_report:
         from asr.report import write_evaluation_report
 
-        write_evaluation_report(out, utts, {k: h.text for k, h in decoded.hyps.items()},
+        write_evaluationreport_skipped(out, utts, {k: h.text for k, h in decoded.hyps.items()},
                                 title=f"{args.model} on {args.manifest} ({args.decoder})")
     print(f"WER {100 * res['wer']:.2f}%  (CER {100 * res['cer']:.2f}%, {res['num_utts']} utts, "
           f"{res['num_words']} words, {args.decoder}, {res['rtfx']}x real time) -> {out}/results.json")
-    return _report(decoded.problems, "utterances")
+    return report_skipped(decoded.problems, "utterances")
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
@@ -264,7 +252,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         print(f"{summary.transcribed} files ({summary.audio_seconds / 60:.1f} min of audio) transcribed to "
               f"{args.output_dir}" + (f"; {summary.already_done} already done" if summary.already_done else ""),
               file=sys.stderr)
-    return _report(summary.problems, "files")
+    return report_skipped(summary.problems, "files")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -360,7 +348,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     last = records[-1]
     print(f"adapted on {len(target)} utterances ({last['pseudo_labelled']} pseudo-labelled in the last round, "
           f"{len(src)} labelled source utterances mixed in) -> {out} (log: {log_path})")
-    return _report(problems, "utterances")
+    return report_skipped(problems, "utterances")
 
 
 def _decoder_options(p: argparse.ArgumentParser) -> None:

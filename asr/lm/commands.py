@@ -8,23 +8,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from asr.skipped import report_skipped
 from asr.text import normalize
 
 DEFAULT_ALPHAS = "0.25,0.5,0.75,1.0,1.5"
 DEFAULT_BETAS = "0,0.5,1,2,3"
-EXIT_SKIPPED = 3  # as asr.cli: finished, but skipped some input
-
-
-def _report(problems: list[str], what: str) -> int:
-    """Summarise skipped items on stderr as ``asr.cli._report`` does (asr.cli imports this module, not the reverse)."""
-    if not problems:
-        return 0
-    print(f"{len(problems)} {what} skipped:", file=sys.stderr)
-    for p in problems[:20]:
-        print(f"  {p}", file=sys.stderr)
-    if len(problems) > 20:
-        print(f"  ... and {len(problems) - 20} more", file=sys.stderr)
-    return EXIT_SKIPPED
 
 
 def _floats(text: str) -> list[float]:
@@ -78,7 +66,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         em = cached_emissions(args.emissions, args.model, args.manifest, problems=problems, device=device,
                               workers=args.workers)
     except ValueError:
-        _report(problems, "utterances")  # what was skipped on the way to the error (e.g. every file unreadable)
+        report_skipped(problems, "utterances")  # what was skipped on the way to the error (e.g. every file unreadable)
         raise
     kw = {"device": device} if args.decoder == "beam-gpu" else {"num_workers": args.decode_workers}
     res = grid_search(em, args.lm, args.alphas, args.betas, decoder=args.decoder, beam_size=args.beam_size, **kw)
@@ -93,7 +81,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             "manifest": str(args.manifest) if args.manifest else None}
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"-> {out}")
-    return _report(problems, "utterances")
+    return report_skipped(problems, "utterances")
 
 
 def _run(func):
