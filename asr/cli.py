@@ -18,15 +18,31 @@ from asr.skipped import report_skipped
 log = logging.getLogger("asr")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a clean usage error otherwise)."""
+def int_at_least(lo: int):
+    """argparse type: an integer >= ``lo`` (a clean usage error otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {n}")
+        return n
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
     try:
-        n = int(text)
+        x = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return x
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -369,15 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="synthesize a LibriSpeech-layout corpus with espeak-ng and flite")
     p.add_argument("out")
-    p.add_argument("--num-train", type=int, default=3000)
-    p.add_argument("--num-dev", type=int, default=100)
-    p.add_argument("--num-test", type=int, default=200)
+    p.add_argument("--num-train", type=positive_int, default=3000)
+    p.add_argument("--num-dev", type=int_at_least(0), default=100)
+    p.add_argument("--num-test", type=positive_int, default=200)
     p.add_argument("--text", nargs="*", type=Path, help="text files to read (default: Debian's fortunes)")
     p.add_argument("--test-voices", nargs="*", help="e.g. espeak:en-us+m7 flite:rms (excluded from training)")
-    p.add_argument("--train-voices", type=int, default=60)
+    p.add_argument("--train-voices", type=positive_int, default=60)
     p.add_argument("--no-flite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=positive_int, default=2)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("prepare", help="corpus (LibriSpeech layout, or FSDD) -> manifest(s)")
@@ -399,15 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("-o", "--output", required=True, help="output manifest (originals and copies)")
     p.add_argument("--audio-dir", required=True, help="folder for the written audio")
-    p.add_argument("--speeds", nargs="+", type=float, default=[0.9, 1.0, 1.1])
+    p.add_argument("--speeds", nargs="+", type=positive_float, default=[0.9, 1.0, 1.1])
     p.add_argument("--noise-prob", type=float, default=0.0, help="probability that a copy gets additive noise")
     p.add_argument("--snr-min", type=float, default=5.0)
     p.add_argument("--snr-max", type=float, default=30.0)
     p.add_argument("--synth-digits", type=int, default=0, help="add this many espeak-ng/flite digit strings")
-    p.add_argument("--synth-voices", type=int, default=40)
+    p.add_argument("--synth-voices", type=positive_int, default=40)
     p.add_argument("--band-limit", type=int, default=4000, help="Hz; synthetic audio is low-passed here (0: off)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=positive_int, default=2)
     p.set_defaults(func=cmd_augment)
 
     p = sub.add_parser("shard", help="manifest -> webdataset shards")

@@ -478,3 +478,18 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, caplog):
     monkeypatch.setattr(cli, "cmd_plot", interrupted)
     rc, _, err = asr(["plot", "whatever.jsonl"], capsys, caplog)
     assert rc == 130 and "asr plot: interrupted" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["synth", "out", "--train-voices", "0"], "argument --train-voices: must be at least 1, got 0"),
+    (["synth", "out", "--num-test", "0"], "argument --num-test: must be at least 1, got 0"),
+    (["synth", "out", "--num-dev", "-1"], "argument --num-dev: must be at least 0, got -1"),
+    (["augment", "m.jsonl", "-o", "o.jsonl", "--audio-dir", "a", "--speeds", "0.9", "0"],
+     "argument --speeds: must be a number above 0, got 0"),
+    (["augment", "m.jsonl", "-o", "o.jsonl", "--audio-dir", "a", "--synth-voices", "0"],
+     "argument --synth-voices: must be at least 1, got 0"),
+])
+def test_data_tool_counts_are_checked_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
