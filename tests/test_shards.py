@@ -275,6 +275,19 @@ def test_first_batch_has_its_own_smaller_frame_budget():
     assert [len(b) for b in bucket_batches(iter(samples), 1000, 100, [])] == [20, 20]
 
 
+def test_ids_that_would_share_a_shard_key_are_reported_not_written(corpus, tmp_path):
+    """"a.b" and "a_b" both become the key "a_b": a tar holding both cannot be read at all."""
+    from dataclasses import replace
+
+    _, utts, _, _ = corpus
+    clash = [replace(utts[0], id="spk-a.b"), replace(utts[1], id="spk-a_b"), utts[2]]
+    problems: list[str] = []
+    paths = write_shards(clash, tmp_path, "train", problems=problems, progress=False)
+    assert problems == ["spk-a_b: its shard key 'spk-a_b' is taken by 'spk-a.b'; rename one of them"]
+    assert json.loads((tmp_path / "train.index.json").read_text())["num_utts"] == 2
+    assert sorted(m["id"] for m in shard_metadata([str(p) for p in paths])) == sorted(["spk-a.b", utts[2].id])
+
+
 def test_write_shards_removes_only_its_own_splits_stale_shards(corpus, tmp_path):
     _, utts, _, _ = corpus
     write_shards(utts[:3], tmp_path, "train-clean", progress=False)

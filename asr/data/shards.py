@@ -75,8 +75,13 @@ def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per
     problems = [] if problems is None else problems
     shards: list[dict] = []
     writer, count, seconds = None, 0, 0.0
+    keys: dict[str, str] = {}  # shard key -> the id that took it
     for utt in tqdm(utts, desc=f"shard {split}", unit="utt", disable=not progress):
+        # webdataset splits keys at the first dot, so ids must not contain one.
+        key = utt.id.replace(".", "_")
         try:
+            if key in keys:  # two samples under one key make the whole shard unreadable
+                raise AudioError(f"{utt.id}: its shard key {key!r} is taken by {keys[key]!r}; rename one of them")
             audio, actual = flac_bytes(utt)
             check_duration(utt, actual)
         except AudioError as e:
@@ -94,8 +99,8 @@ def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per
             writer, count, seconds = wds.TarWriter(str(path)), 0, 0.0
         meta = utt.to_json()
         meta["audio"] = f"{utt.id}.flac"
-        # webdataset splits keys at the first dot, so ids must not contain one.
-        writer.write({"__key__": utt.id.replace(".", "_"), "flac": audio, "json": meta})
+        keys[key] = utt.id
+        writer.write({"__key__": key, "flac": audio, "json": meta})
         count += 1
         seconds += utt.duration
     if writer is not None:
