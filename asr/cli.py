@@ -212,7 +212,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.no_report:
         from asr.report import write_evaluation_report
 
-        write_evaluationreport_skipped(out, utts, {k: h.text for k, h in decoded.hyps.items()},
+        write_evaluation_report(out, utts, {k: h.text for k, h in decoded.hyps.items()},
                                 title=f"{args.model} on {args.manifest} ({args.decoder})")
     print(f"WER {100 * res['wer']:.2f}%  (CER {100 * res['cer']:.2f}%, {res['num_utts']} utts, "
           f"{res['num_words']} words, {args.decoder}, {res['rtfx']}x real time) -> {out}/results.json")

@@ -377,6 +377,13 @@ def test_evaluate_scores_the_good_and_names_the_bad(corpus, package, tmp_path, c
     assert f"{len(corpus.bad) + len(MALFORMED)} utterances skipped" in err
 
 
+def test_evaluate_writes_its_report_beside_the_scores(corpus, package, tmp_path, capsys, caplog):
+    rc, out, _ = asr(["evaluate", package, clean_manifest(corpus), "--out", tmp_path / "dec", "--device", "cpu",
+                      "--workers", "0", "--threads", "1"], capsys, caplog)
+    assert rc == 3 and re.search(r"WER \d+\.\d\d%", out)
+    assert (tmp_path / "dec" / "report.md").is_file() and list((tmp_path / "dec").glob("*.png"))
+
+
 def test_evaluate_strict_stops_at_the_first_bad_file(corpus, package, tmp_path, capsys, caplog):
     rc, _, err = asr(["evaluate", package, clean_manifest(corpus), "--out", tmp_path / "dec", "--device", "cpu", "--workers", "0",
                       "--no-report", "--strict"], capsys, caplog)
