@@ -61,6 +61,24 @@ def test_kneser_ney_distributions_sum_to_one(order, prune):
         assert total == pytest.approx(1.0, abs=1e-9), (h, total)
 
 
+def test_a_short_history_keeps_all_its_words_in_a_4_gram():
+    """Every stored n-gram is scored with its own probability, whatever the order: a 2-word history
+    in a 4-gram model used to lose its first word (a negative slice start), scoring the trigram
+    "<s> EASE YOUR" as the bigram "EASE YOUR". The decoder's state API must agree."""
+    lm = build_lm(["EASE YOUR BRAIN", "EASE YOUR MIND", "GOD IS DEAD"], order=4)
+    checked = 0
+    for n in range(2, 5):
+        for words, logp, _ in lm.ngrams(n):
+            assert lm.logprob10(list(words[:-1]), words[-1]) == pytest.approx(logp), words
+            state = lm.begin_state() if words[0] == "<s>" else None
+            if state is not None:  # the same n-gram through the decoding state API
+                for w in words[1:-1]:
+                    state = lm.score(state, lm.word_id[w])[1]
+                assert lm.score(state, lm.word_id[words[-1]])[0] == pytest.approx(logp * math.log(10)), words
+            checked += 1
+    assert checked > 10
+
+
 def test_pruning_removes_rare_ngrams_only():
     full = build_lm(_corpus(), order=3)
     pruned = build_lm(_corpus(), order=3, prune=(0, 1, 1))

@@ -77,7 +77,8 @@ class NgramLM:
             if self.unk_id < 0:
                 return UNK_LOG10
             word = self.unk_id  # scored as <unk>, whose n-grams may depend on the history
-        history = tuple(history[len(history) - (self.order - 1):]) if self.order > 1 else ()
+        # (a negative start would keep too little: the last word only of a short history)
+        history = tuple(history[max(0, len(history) - (self.order - 1)):]) if self.order > 1 else ()
         if any(h < 0 for h in history):
             # an unknown history word without <unk> in the model: only the part after it counts
             last_bad = max(i for i, h in enumerate(history) if h < 0)
@@ -122,7 +123,7 @@ class NgramLM:
     def _trim(self, ctx: tuple[int, ...]) -> tuple[int, ...]:
         """Cut a context to its longest suffix that is an n-gram of the model: nothing longer can
         change a later probability, and sharing states keeps the score cache small."""
-        ctx = ctx[len(ctx) - (self.order - 1):] if self.order > 1 else ()
+        ctx = ctx[max(0, len(ctx) - (self.order - 1)):] if self.order > 1 else ()
         for start in range(len(ctx)):
             suffix = ctx[start:]
             if suffix in self.probs[len(suffix) - 1]:
