@@ -246,6 +246,20 @@ def test_property_scores_finite_sorted_and_width_one_greedy(seed, T, width):
 
 
 # --- the batched (tensor) search: same results as the CPU search, on the CPU ---------------------
+def test_nbest_lists_each_transcript_once():
+    """"A B" and "A B |" (a trailing word boundary) are one transcript: the n-best list gives the
+    better of them only, so the gap between its first two entries (adapt's confidence margin)
+    compares different words."""
+    tok = CharTokenizer()
+    lp = torch.full((5, tok.vocab_size), math.log(1e-4))
+    for t, probs in enumerate([{"A": 0.9}, {"<blank>": 0.9}, {"|": 0.9}, {"B": 0.9}, {"<blank>": 0.6, "|": 0.4}]):
+        for token, p in probs.items():
+            lp[t, tok.tokens.index(token)] = math.log(p)
+    hyps = BeamSearchDecoder(tok, beam_size=8).nbest(torch.log_softmax(lp, -1), 3)
+    assert [h.text for h in hyps] == ["A B", "A", "AB"]
+    assert hyps[0].tokens == [tok.tokens.index(c) for c in "A|B"]
+
+
 from asr.decode.batched import BatchedBeamSearchDecoder, TensorLM  # noqa: E402
 
 

@@ -224,7 +224,7 @@ def test_beam_nbest_scores_are_finite_sorted_and_distinct(em, width):
     scores = [h.score for h in hyps]
     assert all(math.isfinite(s) and s <= 1e-9 for s in scores), "a log-probability"
     assert scores == sorted(scores, reverse=True)
-    assert len({tuple(h.tokens) for h in hyps}) == len(hyps)
+    assert len({h.text for h in hyps}) == len(hyps), "distinct transcripts, not just distinct token strings"
     for h in hyps:
         assert all(BLANK < t < tok.vocab_size for t in h.tokens)
         assert len(h.timesteps) == len(h.tokens) and all(0 <= t < T for t in h.timesteps)

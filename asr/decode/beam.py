@@ -589,8 +589,17 @@ class BeamSearchDecoder:
         return prefix_beam_search(lp, self.opts, self.fusion, cands, nbest)
 
     def nbest(self, log_probs: Tensor, n: int = 10) -> list[Hypothesis]:
-        """One utterance, log_probs (T, V) -> up to ``n`` hypotheses, best first."""
-        return [self._hyp(*r) for r in self._search_one(log_probs.detach().float().cpu().numpy(), nbest=n)]
+        """One utterance, log_probs (T, V) -> up to ``n`` hypotheses with different words, best first.
+
+        Prefixes that differ only by a trailing word boundary ("A B" and "A B |") are the same
+        transcript: only the better one is kept, so the gap between the first two compares words.
+        """
+        found = self._search_one(log_probs.detach().float().cpu().numpy(), nbest=2 * n)
+        out: dict[str, Hypothesis] = {}
+        for r in found:
+            h = self._hyp(*r)
+            out.setdefault(h.text, h)
+        return list(out.values())[:n]
 
     def _hyp(self, tokens: list[int], times: list[int], score: float) -> Hypothesis:
         return Hypothesis(self.tokenizer.decode(tokens), tokens, times, score)
