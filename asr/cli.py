@@ -154,6 +154,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return rc
 
 
+def decoder_settings(args: argparse.Namespace) -> dict:
+    """What decoded the output, for its records: the beam size, and the LM with its weights."""
+    if args.decoder == "greedy":
+        return {}
+    out = {"beam_size": args.beam_size, "lm": args.lm}
+    return {**out, "alpha": args.alpha, "beta": args.beta} if args.lm else out
+
+
 def make_decoder(args: argparse.Namespace, tokenizer):
     if args.decoder == "greedy" and not args.lm:
         from asr.decode.greedy import GreedyDecoder
@@ -201,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or Path(args.model).parent / "decode" / Path(args.manifest).stem)
     res = write_results(out, utts, decoded, args.decoder, {"model": str(args.model), "manifest": str(args.manifest),
-                                                            "lm": args.lm, "beam_size": args.beam_size})
+                                                            **decoder_settings(args)})
     if args.save_emissions:
         from asr.decode.emissions import save_emissions
 
@@ -247,7 +255,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
         rec.model = quantize_model(rec.model)
     decoder = make_decoder(args, rec.tokenizer)
-    meta = {"model": str(args.model), "decoder": args.decoder, "quantized": bool(args.quantize)}
+    meta = {"model": str(args.model), "decoder": args.decoder, **decoder_settings(args), "quantized": bool(args.quantize)}
     if args.same_speaker:
         if not pkg.features.speaker_cmn:
             print(f"asr transcribe: error: --same-speaker needs a model trained with features.speaker_cmn; "

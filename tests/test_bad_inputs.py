@@ -382,6 +382,21 @@ def test_evaluate_writes_its_report_beside_the_scores(corpus, package, tmp_path,
                       "--workers", "0", "--threads", "1"], capsys, caplog)
     assert rc == 3 and re.search(r"WER \d+\.\d\d%", out)
     assert (tmp_path / "dec" / "report.md").is_file() and list((tmp_path / "dec").glob("*.png"))
+    results = json.loads((tmp_path / "dec" / "results.json").read_text())
+    assert "beam_size" not in results and "alpha" not in results  # greedy: no beam, no LM
+
+
+def test_results_record_the_lm_and_its_weights(corpus, package, tmp_path, capsys, caplog):
+    from asr.lm import build_lm, write_arpa
+
+    write_arpa(build_lm(["A B C", "B C A"], order=2), tmp_path / "lm.arpa")
+    rc, _, err = asr(["evaluate", package, clean_manifest(corpus), "--out", tmp_path / "dec", "--device", "cpu",
+                      "--workers", "0", "--no-report", "--decoder", "beam", "--beam-size", "3", "--lm",
+                      tmp_path / "lm.arpa", "--alpha", "0.7", "--beta", "1.5"], capsys, caplog)
+    assert rc == 3, err[-2000:]
+    results = json.loads((tmp_path / "dec" / "results.json").read_text())
+    assert (results["beam_size"], results["lm"], results["alpha"], results["beta"]) == \
+           (3, str(tmp_path / "lm.arpa"), 0.7, 1.5)
 
 
 def test_evaluate_strict_stops_at_the_first_bad_file(corpus, package, tmp_path, capsys, caplog):
