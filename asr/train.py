@@ -454,10 +454,13 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                  model.num_params() / 1e6, tokenizer.vocab_size, tokenizer.kind, steps_per_epoch, tc.epochs, device, dd.world)
     steplog = StepLog(exp / "train_log.jsonl", dd.main, until_step=state["step"] if state else None)
     counters = Counters()
+    # The checkpoint holds the counts and skips of all ranks so far: rank 0 carries them on, the
+    # others count only their own from here (``totals`` adds them up).
     running = state.get("running", {}) if state else {}  # checkpoints before this field have none
-    for k, v in running.get("counters", {}).items():
+    restored = running if dd.main else {}
+    for k, v in restored.get("counters", {}).items():
         setattr(counters, k, v)
-    counters.problems.update(running.get("problems", {}))
+    counters.problems.update(restored.get("problems", {}))
     # A resumed run goes on with the clock where it stopped: train.max_minutes is the whole run's
     # budget, and a learning rate paced by it must not start its decay over.
     t_start = time.time() - running.get("elapsed", 0.0)
@@ -477,22 +480,32 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
             bar.close()
         raise TrainingError(msg)
 
+    def totals() -> tuple[dict[str, int], list[str], dict[str, str]]:
+        """(counts, skipped items, problems by id) of all ranks: each read its own shards."""
+        mine = ({"infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
+                 "nonfinite": counters.nonfinite}, sorted(skipped), dict(counters.problems))
+        parts = [mine]
+        if dd.world > 1:  # every rank calls this at the same points (checkpoints, the end)
+            parts = [None] * dd.world
+            dist.all_gather_object(parts, mine)
+        counts = {k: sum(p[0][k] for p in parts) for k in mine[0]}
+        problems = {uid: why for p in parts for uid, why in p[2].items()}
+        return counts, sorted({x for p in parts for x in p[1]}), problems
+
     def checkpoint(ep: int, batch_pos: int) -> None:
+        counts, all_skipped, problems = totals()
         if dd.main:
             try:
                 partial = {"loss": sums["loss"], "tokens": sums["tokens"]} if batch_pos else {}
                 save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer,
-                                history, {"sums": partial, "skipped": sorted(skipped), "problems": counters.problems,
-                                          "elapsed": time.time() - t_start,
-                                          "counters": {"infeasible": counters.infeasible,
-                                                       "untokenizable": counters.untokenizable,
-                                                       "nonfinite": counters.nonfinite}},
+                                history, {"sums": partial, "skipped": all_skipped, "problems": problems,
+                                          "elapsed": time.time() - t_start, "counters": counts},
                                 spk_means)
             except OSError as e:  # e.g. ENOSPC: atomic_save left the previous checkpoint untouched
                 fail(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good checkpoint is "
                      "intact, free space and rerun with --resume")
 
-    skipped: set[str] = set(running.get("skipped", [])) | set(dev_problems)
+    skipped: set[str] = set(restored.get("skipped", [])) | set(dev_problems)
     sums = {"loss": 0.0, "tokens": 0, "audio_s": 0.0}
     data_wait = 0.0
 
@@ -667,14 +680,14 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                 best_wer = min(best_wer, float("inf") if wer_now is None else wer_now)
                 save_package(exp / "model.pt", model, cfg.features, cmvn[0], cmvn[1], tokenizer, meta)
         checkpoint(epoch, 0)
-    if counters.infeasible or counters.untokenizable:
+    counts, all_skipped, problems = totals()
+    if dd.main and (counts["infeasible"] or counts["untokenizable"]):
         log.warning("filtered %d CTC-infeasible and %d untokenizable training utterances (counted per epoch)",
-                    counters.infeasible, counters.untokenizable)
-    if skipped:
-        log.warning("%d bad training or dev items were skipped, e.g. %s", len(skipped), "; ".join(sorted(skipped)[:3]))
+                    counts["infeasible"], counts["untokenizable"])
+    if dd.main and all_skipped:
+        log.warning("%d bad training or dev items were skipped, e.g. %s", len(all_skipped), "; ".join(all_skipped[:3]))
     summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if best_wer == float("inf") else best_wer,
-               "infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
-               "nonfinite": counters.nonfinite, "skipped": sorted(skipped | set(counters.problems.values())),
+               **counts, "skipped": sorted(set(all_skipped) | set(problems.values())),
                "train_seconds": round(time.time() - t_start, 1)}
     if stop.name is not None and stopped_early:
         summary["interrupted"] = stop.name

@@ -164,6 +164,28 @@ def test_torchrun_two_nodes_with_c10d_rendezvous(tmp_path):
     assert [e["epoch"] for e in epochs] == [1, 2]
 
 
+def test_torchrun_summary_lists_what_every_rank_skipped(tmp_path):
+    """Each rank reads its own shards: a broken shard read by rank 1 only is still in rank 0's
+    summary, its list on stderr and train_summary.json."""
+    good = make_shards(tmp_path, 22, 4)
+    junk = tmp_path / "shards" / "junk-000000.tar"
+    junk.write_bytes(bytes(range(256)) * 40)
+    for at in range(len(good) + 1):  # put it where rank 1 reads it in epoch 1 (seed 1234: the default)
+        shards = good[:at] + [str(junk)] + good[at:]
+        if str(junk) in ShardBatches(shards, 600, 512, seed=1234, rank=1, world=2).my_shards(0, 1):
+            break
+    exp = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(35000 + os.getpid() % 1000), "-m", "asr", "train", "--train", *shards, "--exp", str(exp),
+           "--device", "cpu", "model.hidden=16", "model.layers=1", "train.epochs=1", "train.max_frames=600",
+           "train.num_workers=0", "train.cmvn_utts=8", "train.threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((exp / "train_summary.json").read_text())
+    assert any("junk-000000.tar" in s for s in summary["skipped"]), summary
+    assert "training or dev items skipped:" in proc.stderr
+
+
 def test_torchrun_time_budget_stops_every_rank_at_the_same_step(tmp_path):
     """train.max_minutes under torchrun: the ranks agree on the clock (max over ranks), so all stop
     after the same step and none is left waiting in an all-reduce; the time-paced LR is the same."""
