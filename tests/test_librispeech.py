@@ -1,6 +1,7 @@
 """asr.data.librispeech on a miniature corpus in LibriSpeech's exact layout; asr.data.synth's text and voices."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from asr.data import synth
 from asr.data.librispeech import prepare_librispeech
 from asr.data.manifest import read_manifest, write_manifest
 from asr.data.synth import DEFAULT_TEST_VOICES, SynthesisError, Voice, extract_sentences, train_voices
@@ -133,6 +135,84 @@ def test_extract_sentences_keeps_only_what_a_synthesizer_reads_verbatim(text, ke
 def test_extract_sentences_splits_fortune_entries_and_drops_attributions():
     raw = "First entry is here now.\n\t-- Somebody Famous\n%\nSecond entry\nspans two lines.\n%\n"
     assert extract_sentences(raw) == ["First entry is here now.", "Second entry spans two lines."]
+
+
+def test_extract_sentences_ends_a_sentence_at_a_blank_line_not_at_a_line_break():
+    """Before: a plain text file without '%' lines was one entry, read as one run-on sentence."""
+    raw = "Hello there my good friend\n\nHow are you doing today\nI am fine thank you\n"
+    assert extract_sentences(raw) == ["Hello there my good friend", "How are you doing today I am fine thank you"]
+    raw = "The red cat sat down.\r\nThe big dog ran off.\r\n \r\nA title of a poem\r\nHere it begins.\r\n"
+    assert extract_sentences(raw) == ["The red cat sat down.", "The big dog ran off.",
+                                      "A title of a poem Here it begins."]
+
+
+needs_engines = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+                                   reason="espeak-ng and flite not installed")
+
+
+def corpus_text(monkeypatch, tmp_path, num_sentences: int, **kwargs) -> dict[str, list[str]]:
+    """make_corpus on ``num_sentences`` sentences with rendering replaced by a record of the text
+    each split gets (and ``lm_text``: the LM text's lines)."""
+    got: dict[str, list[str]] = {}
+
+    def record(out, voices, sentences, *args, **kw):
+        got[out.name] = [synth.normalize(s) for s in sentences]
+        return []
+
+    monkeypatch.setattr(synth, "write_split", record)
+    tmp_path.mkdir(exist_ok=True)
+    text = tmp_path / "text.txt"
+    words = ["red", "big", "old", "shy", "fat", "sly"][:num_sentences]
+    text.write_text("".join(f"The {w} cat sat on the mat.\n" for w in words))
+    (tmp_path / "out").mkdir()
+    synth.make_corpus(tmp_path / "out", text_files=[text], num_train_voices=3, **kwargs)
+    got["lm_text"] = (tmp_path / "out" / "lm_text.txt").read_text().splitlines()
+    return got
+
+
+@needs_engines
+def test_short_text_never_puts_held_out_sentences_in_training(monkeypatch, tmp_path):
+    """Before: with no sentence left for training, training took all of them, test and dev ones
+    included, and lm_text.txt was empty; now the one training sentence is reused."""
+    got = corpus_text(monkeypatch, tmp_path, 4, num_train=5, num_test=2, num_dev=1)
+    assert len(got["test"]) == 2 and len(got["dev"]) == 1 and len(got["train"]) == 5
+    assert not set(got["train"]) & set(got["test"] + got["dev"])
+    assert set(got["train"]) == set(got["lm_text"]) and len(got["lm_text"]) == 1
+    with pytest.raises(SynthesisError, match="3 usable sentences, but 4 are needed"):
+        corpus_text(monkeypatch, tmp_path / "b", 3, num_train=5, num_test=2, num_dev=1)
+
+
+@needs_engines
+@pytest.mark.parametrize("voice, offered", [("flite:nosuch", "kal"), ("espeak:en-us+typo", "m1"),
+                                            ("espeak:en-us+annie", "Annie"), ("espeak:xx-yy+m1", "en-us")])
+def test_unknown_voices_are_an_error_not_a_fallback(monkeypatch, tmp_path, voice, offered):
+    """Before: flite spoke an unknown voice as kal (a training voice), espeak-ng an unknown variant
+    as the bare language."""
+    with pytest.raises(SynthesisError, match=rf"{re.escape(voice)}.*{offered}"):
+        corpus_text(monkeypatch, tmp_path, 6, num_train=2, num_test=1, test_voices=[voice])
+    synth.check_voices([Voice.parse(v) for v in DEFAULT_TEST_VOICES + ["flite:slt", "espeak:EN-US+Annie", "espeak:en"]])
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_every_training_voice_is_a_real_variant_and_never_a_test_voice():
+    """Before: ESPEAK_VARIANTS named "annie", which espeak-ng (case-sensitive) lacks: every LANG+annie
+    speaker was the bare language, en-gb-x-rp+annie the test language's voice."""
+    missing = set(synth.ESPEAK_VARIANTS) - synth.espeak_variants()
+    assert not missing, f"not variants of the installed espeak-ng: {sorted(missing)}"
+    assert set(synth.ESPEAK_LANGS) <= synth.espeak_languages()
+
+    def speak(voice: str) -> bytes:  # the program: the library's audio varies a little from call to call
+        return subprocess.run(["espeak-ng", "-v", voice, "--stdout"], input=b"Hello there.", capture_output=True,
+                              check=True).stdout
+
+    bare = speak("en-us")
+    same = [v for v in synth.ESPEAK_VARIANTS if speak(f"en-us+{v}") == bare]
+    assert not same, f"variants espeak-ng reads as none: {same}"
+    test = [Voice.parse(v) for v in DEFAULT_TEST_VOICES + ["espeak:en-gb-x-rp"]]
+    test_keys = {(v.name.partition("+")[0].lower(), v.name.partition("+")[2]) for v in test}
+    for v in train_voices(1000, test, seed=0, use_flite=False):
+        lang, _, variant = v.name.partition("+")
+        assert variant in synth.espeak_variants() and (lang.lower(), variant) not in test_keys, v
 
 
 def test_voice_parse():

@@ -79,7 +79,23 @@ def add_noise(wav: Tensor, noise: Tensor, snr_db: float) -> Tensor:
 
 
 def _tag(speed: float) -> str:
+    """The id suffix of a copy at ``speed``: its percentage, "sp090" for 0.9."""
     return f"sp{int(round(speed * 100)):03d}"
+
+
+def check_speeds(speeds: tuple[float, ...]) -> None:
+    """Raise ValueError unless every speed is positive and finite and has a tag of its own: two
+    speeds with one tag (0.9 and 0.904, or 1.0 twice) would give copies with one id and one file."""
+    bad = [s for s in speeds if not 0 < s < float("inf")]
+    if bad:
+        raise ValueError(f"speeds must be positive numbers, got {bad}")
+    by_tag: dict[str, list[float]] = {}
+    for s in speeds:
+        by_tag.setdefault(_tag(s), []).append(s)
+    for tag, same in by_tag.items():
+        if len(same) > 1:
+            raise ValueError(f"speeds {same} give the same id suffix -{tag} (ids and file names carry the speed "
+                             f"in hundredths): give each speed once, and speeds that differ in hundredths")
 
 
 def _write(path: Path, wav: Tensor) -> float:
@@ -118,6 +134,7 @@ def augment_utterances(utts: list[Utterance], out_dir: str | Path, opts: Augment
             raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {k!r}")
     if not 0.0 <= opts.noise_prob <= 1.0:
         raise ValueError(f"noise_prob must be in [0, 1], got {opts.noise_prob}")
+    check_speeds(opts.speeds)
     problems = [] if problems is None else problems
     rng = random.Random(opts.seed)
     out = Path(out_dir)
@@ -178,6 +195,10 @@ def synth_digit_strings(num: int, out_dir: str | Path, num_voices: int = 40, min
     """
     from asr.data.synth import render_by_voice, train_voices
 
+    if num_voices < 1:
+        raise ValueError(f"num_voices must be at least 1, got {num_voices}")
+    if not 1 <= min_digits <= max_digits:
+        raise ValueError(f"digit counts must satisfy 1 <= min_digits <= max_digits, got {min_digits} and {max_digits}")
     problems = [] if problems is None else problems
     voices = train_voices(num_voices, [], seed, use_flite)
     rng = random.Random(seed)

@@ -8,6 +8,8 @@ and test sentences are disjoint, so the test WER measures unseen voices on unsee
 """
 from __future__ import annotations
 
+import difflib
+import functools
 import io
 import logging
 import random
@@ -34,12 +36,13 @@ log = logging.getLogger(__name__)
 
 FORTUNES = Path("/usr/share/games/fortunes")
 ESPEAK_LANGS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
-# espeak-ng voice variants (``espeak-ng --voices=variant``) that sound like people, not effects.
+# espeak-ng voice variants (the file names ``espeak-ng --voices=variant`` lists after '!v/') that sound
+# like people, not effects. The names are case-sensitive: espeak-ng reads an unknown one as no variant.
 ESPEAK_VARIANTS = [
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "adam", "Alex", "Andy",
     "aunty", "benjamin", "boris", "caleb", "david", "ed", "edward", "Gene", "iven", "iven2", "john", "Lee",
     "linda", "max", "Michael", "Mike", "norbert", "paul", "pedro", "quincy", "rob", "robert", "steph",
-    "shelby", "travis", "victor", "zac", "grandma", "grandpa", "klatt", "klatt2", "klatt3", "annie",
+    "shelby", "travis", "victor", "zac", "grandma", "grandpa", "klatt", "klatt2", "klatt3", "Annie",
 ]
 FLITE_VOICES = ["kal", "awb", "slt", "rms"]
 DEFAULT_TEST_VOICES = ["espeak:en-us+m7", "espeak:en-gb-x-rp+f4"]
@@ -62,15 +65,34 @@ def default_text_files() -> list[Path]:
     return sorted(p for p in FORTUNES.iterdir() if p.is_file() and not p.suffix and p.name not in ("art", "ascii-art"))
 
 
-def extract_sentences(raw: str, min_words: int = 3, max_words: int = 16) -> list[str]:
-    """Readable sentences from free text (fortune files: entries separated by '%' lines).
+def _paragraphs(raw: str) -> Iterator[str]:
+    """The entries of ``raw``, each on one line: text between '%' lines (fortune files) or blank lines.
 
+    Lines within an entry are joined, since fortunes and most plain text wrap lines mid-sentence;
+    "--" lines (attributions: "-- Mark Twain") are left out.
+    """
+    lines: list[str] = []
+    for line in raw.splitlines() + [""]:
+        line = line.strip()
+        if line and line != "%":
+            if not line.startswith("--"):
+                lines.append(line)
+        elif lines:
+            yield " ".join(lines)
+            lines = []
+
+
+def extract_sentences(raw: str, min_words: int = 3, max_words: int = 16) -> list[str]:
+    """Readable sentences from free text.
+
+    A sentence ends at '.', '!' or '?' followed by white space, at a blank line, and at a '%' line
+    (fortune files separate entries so); a single line break does not end one. Text with one
+    sentence per line therefore needs end punctuation or blank lines between the sentences.
     A sentence is kept only if the synthesizer will say exactly its words: no digits, symbols,
     acronyms or abbreviations, which a TTS engine expands into words the transcript lacks.
     """
     out = []
-    for entry in re.split(r"^%\s*$", raw, flags=re.M):
-        entry = " ".join(line.strip() for line in entry.splitlines() if not line.strip().startswith("--"))
+    for entry in _paragraphs(raw):
         for sent in _SENT_END.split(entry):
             sent = sent.strip()
             # "--" marks an attribution ("-- Mark Twain"), which is not part of the sentence read.
@@ -127,6 +149,71 @@ class Voice:
         return f"{self.engine}:{self.name}@{self.rate:.2f},{self.pitch:.2f}"
 
 
+def _list(cmd: list[str]) -> str:
+    """Output of one of the engines' listing commands."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SynthesisError(f"'{cmd[0]}' is not installed (Debian: apt-get install espeak-ng flite)") from None
+    if proc.returncode != 0:
+        raise SynthesisError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@functools.cache
+def espeak_languages() -> frozenset[str]:
+    """What espeak-ng takes before '+' in ``-v``, lower-cased (it ignores case there): the languages,
+    voice names and voice files that ``espeak-ng --voices`` lists."""
+    names = set()
+    for line in _list(["espeak-ng", "--voices"]).splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 5:
+            names.update([fields[1], fields[3], fields[3].replace("_", " "), fields[4]])
+            names.update(re.findall(r"\((\S+) \d+\)", line))  # other languages the voice speaks
+    return frozenset(n.lower() for n in names)
+
+
+@functools.cache
+def espeak_variants() -> frozenset[str]:
+    """The variants espeak-ng takes after '+' (case-sensitive): the file names ``!v/NAME`` that
+    ``espeak-ng --voices=variant`` lists."""
+    return frozenset(m.group(1) for line in _list(["espeak-ng", "--voices=variant"]).splitlines()
+                     if (m := re.search(r"!v/(.+?)\s*(?:\(|$)", line.rstrip())))
+
+
+@functools.cache
+def flite_voices() -> frozenset[str]:
+    """The voices compiled into flite (``flite -lv``: "Voices available: kal awb ...")."""
+    return frozenset(_list(["flite", "-lv"]).partition(":")[2].split())
+
+
+def _some(name: str, valid: frozenset[str], examples: list[str]) -> str:
+    """A few valid names to offer instead of ``name``: the closest ones, else ``examples``."""
+    close = [v for v in valid if v.lower() == name.lower()] or difflib.get_close_matches(name, valid, n=3)
+    return ", ".join(close or [e for e in examples if e in valid][:5])
+
+
+def check_voices(voices: list[Voice]) -> None:
+    """Raise SynthesisError for a voice the installed engines lack. They would not fail on it:
+    espeak-ng reads an unknown variant as none, and flite falls back to its voice kal."""
+    for v in voices:
+        spec = f"{v.engine}:{v.name}"
+        if v.engine == "flite":
+            # flite also loads a voice from a file (-voice PATH.flitevox).
+            if v.name not in flite_voices() and not Path(v.name).is_file():
+                raise SynthesisError(f"voice {spec!r}: flite has no voice {v.name!r}; it has "
+                                     f"{', '.join(sorted(flite_voices()))} (flite -lv)")
+            continue
+        lang, plus, variant = v.name.partition("+")
+        if lang.lower() not in espeak_languages():
+            raise SynthesisError(f"voice {spec!r}: espeak-ng has no language or voice {lang!r}; try "
+                                 f"{_some(lang, espeak_languages(), ESPEAK_LANGS)} (espeak-ng --voices lists all)")
+        if plus and variant not in espeak_variants():
+            raise SynthesisError(f"voice {spec!r}: espeak-ng has no variant {variant!r} (names are case-sensitive);"
+                                 f" try {_some(variant, espeak_variants(), ESPEAK_VARIANTS)}"
+                                 " (espeak-ng --voices=variant lists all)")
+
+
 def synthesize(voice: Voice, text: str, rate: float, pitch: float) -> tuple:
     """Speak ``text``; returns (samples float32 (S,), sample_rate). Rate and pitch are factors."""
     if voice.engine == "espeak":
@@ -157,14 +244,16 @@ def synthesize(voice: Voice, text: str, rate: float, pitch: float) -> tuple:
     return data, sr
 
 
-def train_voices(n: int, exclude: list[Voice], seed: int = 0, use_flite: bool = True) -> list[Voice]:
-    """``n`` distinct training speakers: espeak language x variant (and flite voices), none of whose
-    variant appears in ``exclude``; base rate and pitch drawn per speaker."""
+def train_voices(n: int, exclude: list[Voice], seed: int = 0, use_flite: bool = True,
+                 variants: list[str] | None = None) -> list[Voice]:
+    """``n`` distinct training speakers: espeak language x variant (``variants``, default
+    ``ESPEAK_VARIANTS``) and flite voices, none of whose variant appears in ``exclude``; base rate
+    and pitch drawn per speaker."""
     rng = random.Random(seed)
     banned_variants = {v.name.split("+")[-1] for v in exclude if v.engine == "espeak"}
     banned_flite = {v.name for v in exclude if v.engine == "flite"}
-    pool = [Voice("espeak", f"{lang}+{var}") for lang in ESPEAK_LANGS for var in ESPEAK_VARIANTS
-            if var not in banned_variants]
+    variants = ESPEAK_VARIANTS if variants is None else variants
+    pool = [Voice("espeak", f"{lang}+{var}") for lang in ESPEAK_LANGS for var in variants if var not in banned_variants]
     rng.shuffle(pool)
     flite = [Voice("flite", v) for v in FLITE_VOICES if v not in banned_flite] if use_flite else []
     chosen = (flite + pool)[:n]
@@ -276,24 +365,36 @@ def make_corpus(out: str | Path, num_train: int, num_test: int, num_dev: int = 0
     for tool in ("espeak-ng", "flite"):
         if shutil.which(tool) is None and (tool == "espeak-ng" or use_flite):
             raise SynthesisError(f"'{tool}' is not installed (Debian: apt-get install espeak-ng flite)")
+    for name, value, least in (("num_train", num_train, 1), ("num_test", num_test, 1), ("num_dev", num_dev, 0),
+                               ("num_train_voices", num_train_voices, 1)):
+        if value < least:
+            raise SynthesisError(f"{name} must be at least {least}, got {value}")
+    tvoices = [Voice.parse(v) for v in (test_voices or DEFAULT_TEST_VOICES)]
+    check_voices(tvoices)
+    # An espeak-ng older or newer than ESPEAK_VARIANTS's may lack a variant: leave it out of training
+    # rather than fail, as the user cannot change that list.
+    installed = espeak_variants()
+    if missing := [v for v in ESPEAK_VARIANTS if v not in installed]:
+        log.warning("espeak-ng lacks the variants %s: no training speaker uses them", ", ".join(missing))
+    voices = train_voices(num_train_voices, tvoices, seed, use_flite, [v for v in ESPEAK_VARIANTS if v in installed])
     out = Path(out)
     sentences = load_sentences(text_files, min_words, max_words)
     random.Random(seed).shuffle(sentences)
-    need = num_train + num_test + num_dev
-    if len(sentences) < need:
-        log.warning("only %d sentences for %d utterances: training sentences are reused", len(sentences), need)
+    held = num_test + num_dev
+    if len(sentences) <= held:
+        # Train and test text must stay disjoint: no held-out sentence may be reused for training.
+        raise SynthesisError(f"{len(sentences)} usable sentences, but {held + 1} are needed: {num_test} test + "
+                             f"{num_dev} dev + at least 1 for training; give more text or fewer test/dev utterances")
     test_text = sentences[:num_test]
-    dev_text = sentences[num_test:num_test + num_dev]
-    rest = sentences[num_test + num_dev:] or sentences
+    dev_text = sentences[num_test:held]
+    rest = sentences[held:]
+    if len(rest) < num_train:
+        log.warning("only %d training sentences for %d training utterances: they are reused", len(rest), num_train)
     train_text = [rest[i % len(rest)] for i in range(num_train)]
-    tvoices = [Voice.parse(v) for v in (test_voices or DEFAULT_TEST_VOICES)]
-    voices = train_voices(num_train_voices, tvoices, seed, use_flite)
     problems = write_split(out / "train", voices, train_text, 1000, 1, seed, jobs, "synth train")
     if num_dev:
         problems += write_split(out / "dev", voices, dev_text, 1000, 2, seed + 1, jobs, "synth dev")
     problems += write_split(out / "test", tvoices, test_text, 9000, 1, seed + 2, jobs, "synth test")
     # Text for a language model: every usable sentence except the dev and test ones.
-    held_out = {normalize(s) for s in test_text + dev_text}
-    lm_text = [normalize(s) for s in sentences if normalize(s) not in held_out]
-    (out / "lm_text.txt").write_text("\n".join(lm_text) + "\n")
+    (out / "lm_text.txt").write_text("".join(normalize(t) + "\n" for t in rest))
     return problems
