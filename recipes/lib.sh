@@ -1,5 +1,32 @@
-# Shell helpers shared by the recipes; sourced after a recipe has parsed its options.
-# Uses the recipe's globals: stage, stop_stage, exp, force.
+# Shell helpers shared by the recipes; sourced from the repository root before a recipe parses its
+# options. run_stage uses the recipe's globals: stage, stop_stage, exp, force.
+
+# usage RECIPE: the recipe's header comment (from line 2 to the first line that is not a comment).
+usage() {
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$1"
+}
+
+# option_error MESSAGE: a wrong command line is one line on stderr and exit status 2.
+option_error() {
+  echo "$0: $*" >&2
+  exit 2
+}
+
+# opt_value "$@": the value of the option in $1, or an option error when it is the last argument.
+# In the option loop: `--stage) stage=$(opt_value "$@"); shift 2 ;;` (set -e ends the recipe).
+opt_value() {
+  [ $# -ge 2 ] || option_error "option $1 needs a value"
+  printf '%s' "$2"
+}
+
+# whole_numbers --opt VALUE ...: each VALUE must be a whole number >= 0. Called after the options
+# are parsed, before any work: `[ abc -lt 3 ]` is an error that run_stage would take for "run it".
+whole_numbers() {
+  while [ $# -gt 0 ]; do
+    [[ $2 =~ ^[0-9]+$ ]] || option_error "$1 must be a whole number >= 0, not '$2'"
+    shift 2
+  done
+}
 
 # run_stage N "options" command...: skip when stage N already ran with the same options.
 # A finished stage leaves $exp/.done.N holding its options.

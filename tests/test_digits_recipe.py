@@ -64,3 +64,37 @@ def test_recipe_runs_every_stage_and_keeps_the_test_speaker_out(tmp_path):
     assert train_ids != sorted(train_ids)
     assert {i.split("-")[1] for i in train_ids} == {"anna", "bert"}
     assert len(train_ids) == 2 * (2 * 20 + 2 * 6)  # (isolated + connected) x 2 speeds
+
+
+def _recipe(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(["bash", str(REPO / "recipes" / "digits" / "run.sh"), *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_help_and_bad_options_do_no_work(tmp_path):
+    where = ["--data", str(tmp_path / "d"), "--exp", str(tmp_path / "e")]
+    for flag in ("--help", "-h"):
+        proc = _recipe(flag)
+        assert proc.returncode == 0 and proc.stdout.startswith("Connected digits"), proc.stderr
+        assert "--data DIR" in proc.stdout and "--exp DIR" in proc.stdout and "--train-minutes" in proc.stdout
+    for args, msg in [(["--stage", "abc"], "--stage must be a whole number >= 0, not 'abc'"),
+                      (["--stop-stage", "-1"], "--stop-stage must be a whole number >= 0, not '-1'"),
+                      (["--stop-stage"], "option --stop-stage needs a value"), (["--bogus"], "unknown option --bogus")]:
+        proc = _recipe(str(tmp_path / "fsdd"), *where, *args)
+        assert proc.returncode == 2 and msg in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert "==" not in proc.stdout, "no stage ran"
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_another_data_folder_reruns_the_stages(tmp_path):
+    make_fsdd(tmp_path / "fsdd", per_digit=1)
+    args = [str(tmp_path / "fsdd"), "--test-speaker", "dora", "--dev-speaker", "carl", "--num-connected", "2",
+            "--num-eval-connected", "1", "--stop-stage", "0", "--exp", str(tmp_path / "e")]
+    runs = []
+    for data in ("a", "a", "b"):
+        runs.append(_recipe(*args, "--data", str(tmp_path / data)))
+        assert runs[-1].returncode == 0, runs[-1].stdout[-2000:] + runs[-1].stderr[-2000:]
+    assert "done before with the same options" in runs[1].stdout
+    assert "done before" not in runs[2].stdout, "stage 0 of --data b is not stage 0 of --data a"
+    assert (tmp_path / "b" / "train.jsonl").is_file()

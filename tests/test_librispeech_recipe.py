@@ -145,6 +145,9 @@ def test_every_stage_on_a_miniature_corpus(corpus, tmp_path):
     # a rerun with the same options redoes nothing
     again = ok(recipe(*common, "--", *TINY))
     assert again.count("done before with the same options, skipped") == 8
+    # another --data folder is not the same options: stage 0 fills it
+    moved = ok(recipe(*common, "--data", str(tmp_path / "data2"), "--stop-stage", "0", "--", *TINY))
+    assert "done before" not in moved and (tmp_path / "data2" / "train.jsonl").is_file()
 
 
 def test_bad_arguments_are_refused_before_any_work(corpus, tmp_path):
@@ -155,6 +158,14 @@ def test_bad_arguments_are_refused_before_any_work(corpus, tmp_path):
     assert proc.returncode == 1 and "no train-* subset" in proc.stderr
     proc = recipe(str(tmp_path / "nowhere"))
     assert proc.returncode == 1 and "is not a folder" in proc.stderr
+    for args, msg in [(["--stage", "abc"], "--stage must be a whole number >= 0, not 'abc'"),
+                      (["--stop-stage"], "option --stop-stage needs a value"), (["--bogus"], "unknown option --bogus")]:
+        proc = recipe(str(root), "--data", str(tmp_path / "d"), "--exp", str(tmp_path / "e"), *args)
+        assert proc.returncode == 2 and msg in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    # the usage is found wherever the recipe is started from (the recipe cds to the repository)
+    proc = subprocess.run(["bash", os.path.relpath(RECIPE, tmp_path), "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("LibriSpeech:") and "--stop-stage" in proc.stdout
     assert not (tmp_path / "d").exists()
 
 

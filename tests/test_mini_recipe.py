@@ -58,3 +58,37 @@ def test_recipe_runs_every_stage_with_two_training_processes(tmp_path):
         loud = np.nonzero(db > db.max() - 40)[0]
         lead, tail = loud[0] * 0.01, (len(db) - 1 - loud[-1]) * 0.01
         assert lead <= 0.15 and 0.04 <= tail <= 0.15, f"{line}: {lead:.2f} s / {tail:.2f} s of silence at the ends"
+
+
+def _recipe(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(["bash", str(REPO / "recipes" / "mini" / "run.sh"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_help_and_bad_options_do_no_work(tmp_path):
+    where = ["--data", str(tmp_path / "d"), "--exp", str(tmp_path / "e")]
+    for flag in ("--help", "-h"):
+        proc = _recipe(flag)
+        assert proc.returncode == 0 and "--stop-stage" in proc.stdout and "--data DIR" in proc.stdout, proc.stderr
+        assert "--exp DIR" in proc.stdout and proc.stdout.startswith("The embedded default")
+    for args, msg in [(["--stage", "abc"], "--stage must be a whole number >= 0, not 'abc'"),
+                      (["--stop-stage", "1x"], "--stop-stage must be a whole number >= 0, not '1x'"),
+                      (["--stage"], "option --stage needs a value"), (["--bogus"], "unknown option --bogus")]:
+        proc = _recipe(*where, *args)
+        assert proc.returncode == 2 and msg in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert "==" not in proc.stdout, "no stage ran"
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_another_data_folder_reruns_the_stages(tmp_path):
+    assert have_espeak(), "espeak-ng is needed for the mini recipe (apt-get install espeak-ng)"
+    small = ["--num-train", "2", "--num-dev", "1", "--num-test", "1", "--train-voices", "1", "--jobs", "1",
+             "--stop-stage", "0", "--exp", str(tmp_path / "e")]
+    runs = []
+    for data in ("a", "a", "b"):
+        runs.append(_recipe(*small, "--data", str(tmp_path / data)))
+        assert runs[-1].returncode == 0, runs[-1].stdout[-2000:] + runs[-1].stderr[-2000:]
+    assert "done before with the same options" in runs[1].stdout
+    assert "done before" not in runs[2].stdout, "stage 0 of --data b is not stage 0 of --data a"
+    assert (tmp_path / "b" / "corpus" / "train").is_dir()

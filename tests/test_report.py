@@ -150,4 +150,41 @@ def test_cli_plot(tmp_path, capsys):
     assert main(["plot", str(exp / "train_log.jsonl"), str(exp), "-o", str(other)]) == 0 and other.is_file()
     (tmp_path / "empty.jsonl").write_text("\n")
     assert main(["plot", str(tmp_path / "empty.jsonl")]) == 2
-    assert "no step or epoch records" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no step or epoch records" in err and "empty.jsonl" in err, "the error names the log"
+
+
+# Records of the right kind with a field missing, null, a string or a bool: skipped, never a crash.
+ODD_RECORDS = [{"step": 5, "loss": None, "lr": 0.1}, {"step": "x", "loss": 1.0, "lr": 0.1},
+               {"loss": 1.0, "lr": 0.1}, {"step": 5, "loss": "1.0"}, {"step": 2.5, "loss": 1.0},
+               {"step": True, "loss": 1.0}, {"epoch": 1, "train_loss": 1.0},
+               {"epoch": "1", "step": 5, "train_loss": 1.0}, {"epoch": 1, "step": 5, "train_loss": None},
+               [1, 2], None, {"foo": 1}]
+
+
+def test_read_log_skips_records_with_missing_or_odd_fields(tmp_path, caplog):
+    good = [{"step": 5, "loss": 1.0},  # no lr or grad_norm: the loss is still drawn
+            {"step": 10, "loss": 0.8, "lr": None, "grad_norm": "x"},
+            {"epoch": 1, "step": 10, "train_loss": 0.9, "dev_wer": None},
+            {"epoch": 2, "step": 20.0, "train_loss": 0.7, "dev_wer": 0.5}]  # no dev_cer
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ODD_RECORDS + good) + "\n")
+    with caplog.at_level("WARNING", logger="asr.plot"):
+        lg = read_log(path)
+    assert [r["step"] for r in lg.steps] == [5, 10] and [r["epoch"] for r in lg.epochs] == [1, 2]
+    assert lg.bad_lines == len(ODD_RECORDS)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and str(path) in warnings[0] and f"{len(ODD_RECORDS)} of" in warnings[0]
+    from asr.plot import plot_training
+
+    assert plot_training([lg], tmp_path / "c.png").is_file()
+
+
+def test_cli_plot_of_a_log_of_odd_records_is_an_error_naming_it(tmp_path, capsys):
+    for k, rec in enumerate(ODD_RECORDS):
+        (tmp_path / f"odd{k}.jsonl").write_text(json.dumps(rec) + "\n")
+        assert main(["plot", str(tmp_path / f"odd{k}.jsonl")]) == 2, rec
+        err = capsys.readouterr().err
+        assert f"odd{k}.jsonl: holds no step or epoch records" in err and "Traceback" not in err, rec
+    assert main(["plot", str(tmp_path / "odd0.jsonl"), str(tmp_path / "odd1.jsonl")]) == 2
+    assert "odd0.jsonl, " in capsys.readouterr().err

@@ -4,15 +4,39 @@
 # greedy (and beam + digit LM) WER on the held-out test speaker, isolated and connected, and the same
 # after unsupervised adaptation to that speaker (stage 6: asr adapt, which never reads its texts).
 #
-#   bash recipes/digits/run.sh [FSDD_DIR] [--test-speaker S] [--dev-speaker S] [--stage N] [--stop-stage M]
-#        [--speeds "0.9 1.0 1.1"] [--noise-prob P] [--synth N] [--synth-voices V] [--epochs E] [--seed S]
-#        [--beam-size K] [--adapt-rounds R] [--adapt-speeds "0.9 0.95 1.05 1.1"] [--adapt-labelled "train dev"]
-#        [--force]
+#   bash recipes/digits/run.sh [FSDD_DIR] [options] [-- CONFIG_OVERRIDES...]
 #
 # FSDD_DIR defaults to ../shared/data/fsdd (any folder of {digit}_{speaker}_{index}.wav works).
-# Writes data/digits/ (audio, manifests, shards) and exp/digits/ (model.pt, results.json, decode/).
-# A stage that finished leaves exp/digits/.done.<stage> holding its options; it is skipped next time
-# unless those options changed. --force reruns everything from --stage.
+#
+# Options:
+#   --stage N --stop-stage M   run stages N..M only (0 prepare, 1 augment, 2 shards, 3 train, 4 greedy
+#                              decoding, 5 beam search + LM, 6 adaptation to the test speaker)
+#   --test-speaker S           the held-out test speaker (default jackson)
+#   --dev-speaker S            the speaker that picks the best epoch and the LM weights (default nicolas)
+#   --num-connected N          connected digit strings per training speaker (default 200)
+#   --num-eval-connected N     connected digit strings per dev / test speaker (default 100)
+#   --speeds "0.9 1.0 1.1"     speed-perturbed copies of the training clips
+#   --noise-prob P             chance that a training copy gets noise added (default 0.3)
+#   --synth N                  synthetic digit strings mixed into training (default 8000)
+#   --synth-voices V           ... spoken in this many voices (default 90)
+#   --epochs E                 at most this many epochs (default 12)
+#   --train-minutes M          stop training after M minutes whatever the epoch (default 9)
+#   --seed S                   split, augmentation, shuffling and training seed (default 0)
+#   --beam-size K              beam width of stages 5 and 6 (default 16)
+#   --adapt-rounds R           rounds of stage 6 (default 4; 0: no stage 6)
+#   --adapt-speeds "0.9 0.95 1.05 1.1"  speeds stage 6 also hears the test speaker at ("": by margin alone)
+#   --adapt-labelled "train dev"        labelled sets mixed into stage 6 ("": none)
+#   --jobs N                   parallel jobs and decoding workers (default: the cores; training
+#                              uses one process per core, at most 4)
+#   --data DIR                 audio, manifests, shards (default data/digits)
+#   --exp DIR                  model, logs, LM, decode/ and results.json (default exp/digits)
+#   --force                    rerun stages even if they finished with the same options
+#   -h, --help                 this text
+#   -- key=value ...           config overrides for asr train
+#
+# A stage that finished leaves $exp/.done.<stage> holding its options; it is skipped next time
+# unless those options changed, and rerunning a stage invalidates the stages after it. --force
+# reruns everything from --stage.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x .venv/bin/asr ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -42,39 +66,42 @@ data=data/digits
 exp=exp/digits
 overrides=()
 
+# usage, opt_value, whole_numbers, run_stage, tolerate_skips, cpu_train and shard_size
+source "recipes/lib.sh"
+
 while [ $# -gt 0 ]; do
   case "$1" in
-    --test-speaker) test_speaker=$2; shift 2 ;;
-    --dev-speaker) dev_speaker=$2; shift 2 ;;
-    --num-connected) num_connected=$2; shift 2 ;;
-    --num-eval-connected) num_eval_connected=$2; shift 2 ;;
-    --speeds) speeds=$2; shift 2 ;;
-    --noise-prob) noise_prob=$2; shift 2 ;;
-    --synth) synth=$2; shift 2 ;;
-    --synth-voices) synth_voices=$2; shift 2 ;;
-    --epochs) epochs=$2; shift 2 ;;
-    --train-minutes) train_minutes=$2; shift 2 ;;
-    --seed) seed=$2; shift 2 ;;
-    --beam-size) beam_size=$2; shift 2 ;;
-    --adapt-rounds) adapt_rounds=$2; shift 2 ;;
-    --adapt-speeds) adapt_speeds=$2; shift 2 ;;
-    --adapt-labelled) adapt_labelled=$2; shift 2 ;;
-    --jobs) jobs=$2; shift 2 ;;
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --data) data=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
+    --test-speaker) test_speaker=$(opt_value "$@"); shift 2 ;;
+    --dev-speaker) dev_speaker=$(opt_value "$@"); shift 2 ;;
+    --num-connected) num_connected=$(opt_value "$@"); shift 2 ;;
+    --num-eval-connected) num_eval_connected=$(opt_value "$@"); shift 2 ;;
+    --speeds) speeds=$(opt_value "$@"); shift 2 ;;
+    --noise-prob) noise_prob=$(opt_value "$@"); shift 2 ;;
+    --synth) synth=$(opt_value "$@"); shift 2 ;;
+    --synth-voices) synth_voices=$(opt_value "$@"); shift 2 ;;
+    --epochs) epochs=$(opt_value "$@"); shift 2 ;;
+    --train-minutes) train_minutes=$(opt_value "$@"); shift 2 ;;
+    --seed) seed=$(opt_value "$@"); shift 2 ;;
+    --beam-size) beam_size=$(opt_value "$@"); shift 2 ;;
+    --adapt-rounds) adapt_rounds=$(opt_value "$@"); shift 2 ;;
+    --adapt-speeds) adapt_speeds=$(opt_value "$@"); shift 2 ;;
+    --adapt-labelled) adapt_labelled=$(opt_value "$@"); shift 2 ;;
+    --jobs) jobs=$(opt_value "$@"); shift 2 ;;
+    --stage) stage=$(opt_value "$@"); shift 2 ;;
+    --stop-stage) stop_stage=$(opt_value "$@"); shift 2 ;;
+    --data) data=$(opt_value "$@"); shift 2 ;;
+    --exp) exp=$(opt_value "$@"); shift 2 ;;
     --force) force=1; shift ;;
+    -h|--help) usage recipes/digits/run.sh; exit 0 ;;
     --) shift; overrides+=("$@"); break ;;   # the rest: config overrides for asr train
-    -*) echo "unknown option $1" >&2; exit 1 ;;
+    -*) option_error "unknown option $1 (--help lists them)" ;;
     *) fsdd=$1; shift ;;
   esac
 done
+whole_numbers --stage "$stage" --stop-stage "$stop_stage" --jobs "$jobs" --adapt-rounds "$adapt_rounds"
+[ -n "$data" ] && [ -n "$exp" ] || option_error "--data and --exp need a folder"
 mkdir -p "$exp"
 t_start=$(date +%s)
-
-# run_stage and tolerate_skips
-source "recipes/lib.sh"
 
 stage0() {  # FSDD -> speaker-disjoint isolated + connected digits, 16 kHz FLAC, manifests
   rm -rf "$data/audio"
@@ -142,13 +169,13 @@ stage6() {  # unsupervised adaptation to the test speaker: the model fine-tuned 
   done
 }
 
-run_stage 0 "fsdd=$fsdd test=$test_speaker dev=$dev_speaker n=$num_connected/$num_eval_connected seed=$seed" stage0
-run_stage 1 "speeds=$speeds noise=$noise_prob synth=$synth voices=$synth_voices seed=$seed" stage1
-run_stage 2 "shuffle seed=$seed procs=$(train_procs)" stage2
-run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes jobs=$jobs conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
-run_stage 4 "greedy" stage4
-run_stage 5 "beam=$beam_size" stage5
-if [ "$adapt_rounds" -gt 0 ]; then run_stage 6 "rounds=$adapt_rounds speeds=$adapt_speeds labelled=$adapt_labelled beam=$beam_size seed=$seed" stage6; fi
+run_stage 0 "data=$data fsdd=$fsdd test=$test_speaker dev=$dev_speaker n=$num_connected/$num_eval_connected seed=$seed" stage0
+run_stage 1 "data=$data speeds=$speeds noise=$noise_prob synth=$synth voices=$synth_voices seed=$seed" stage1
+run_stage 2 "data=$data shuffle seed=$seed procs=$(train_procs)" stage2
+run_stage 3 "data=$data epochs=$epochs seed=$seed minutes=$train_minutes jobs=$jobs conf=$(cksum < conf/digits.yaml) ${overrides[*]}" stage3
+run_stage 4 "data=$data greedy" stage4
+run_stage 5 "data=$data beam=$beam_size" stage5
+if [ "$adapt_rounds" -gt 0 ]; then run_stage 6 "data=$data rounds=$adapt_rounds speeds=$adapt_speeds labelled=$adapt_labelled beam=$beam_size seed=$seed" stage6; fi
 
 # results.json: the pooled test WER (isolated + connected) under the DESIGN.md keys, each set
 # separately, the split, and what produced it.

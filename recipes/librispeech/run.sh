@@ -27,6 +27,7 @@
 #   --no-report                skip asr evaluate's report.md and plots (faster)
 #   --data DIR --exp DIR       where data (manifests, units, shards, LM) and results go
 #   --force                    rerun stages even if they finished with the same options
+#   -h, --help                 this text
 #   -- key=value ...           config overrides for every stage that reads the config (units, train)
 #
 # Each finished stage leaves $exp/.done.<stage> holding its options; it is skipped next time unless
@@ -60,34 +61,39 @@ exp=exp/librispeech
 overrides=()
 all_subsets="train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other"
 
+# usage, opt_value, whole_numbers, run_stage and tolerate_skips
+source "recipes/lib.sh"
+
 while [ $# -gt 0 ]; do
   case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --config) config=$2; shift 2 ;;
-    --ngpu) ngpu=$2; shift 2 ;;
-    --lm-text) lm_text=$2; shift 2 ;;
-    --lm-arpa) lm_arpa=$2; shift 2 ;;
-    --lm-order) lm_order=$2; shift 2 ;;
-    --beam-size) beam_size=$2; shift 2 ;;
-    --lm-prune) lm_prune=$2; shift 2 ;;
-    --alpha) alpha=$2; shift 2 ;;
-    --beta) beta=$2; shift 2 ;;
-    --alphas) alphas=$2; shift 2 ;;
-    --betas) betas=$2; shift 2 ;;
-    --max-per-shard) max_per_shard=$2; shift 2 ;;
-    --decode-workers) decode_workers=$2; shift 2 ;;
+    --stage) stage=$(opt_value "$@"); shift 2 ;;
+    --stop-stage) stop_stage=$(opt_value "$@"); shift 2 ;;
+    --config) config=$(opt_value "$@"); shift 2 ;;
+    --ngpu) ngpu=$(opt_value "$@"); shift 2 ;;
+    --lm-text) lm_text=$(opt_value "$@"); shift 2 ;;
+    --lm-arpa) lm_arpa=$(opt_value "$@"); shift 2 ;;
+    --lm-order) lm_order=$(opt_value "$@"); shift 2 ;;
+    --beam-size) beam_size=$(opt_value "$@"); shift 2 ;;
+    --lm-prune) lm_prune=$(opt_value "$@"); shift 2 ;;
+    --alpha) alpha=$(opt_value "$@"); shift 2 ;;
+    --beta) beta=$(opt_value "$@"); shift 2 ;;
+    --alphas) alphas=$(opt_value "$@"); shift 2 ;;
+    --betas) betas=$(opt_value "$@"); shift 2 ;;
+    --max-per-shard) max_per_shard=$(opt_value "$@"); shift 2 ;;
+    --decode-workers) decode_workers=$(opt_value "$@"); shift 2 ;;
     --resume) resume=1; shift ;;
     --no-report) report=0; shift ;;
-    --data) data=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
+    --data) data=$(opt_value "$@"); shift 2 ;;
+    --exp) exp=$(opt_value "$@"); shift 2 ;;
     --force) force=1; shift ;;
-    -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+    -h|--help) usage recipes/librispeech/run.sh; exit 0 ;;
     --) shift; overrides+=("$@"); break ;;
-    -*) echo "unknown option $1" >&2; exit 1 ;;
+    -*) option_error "unknown option $1 (--help lists them)" ;;
     *) if [ -z "$root" ]; then root=$1; else subsets+=("$1"); fi; shift ;;
   esac
 done
+whole_numbers --stage "$stage" --stop-stage "$stop_stage" --ngpu "$ngpu"
+[ -n "$data" ] && [ -n "$exp" ] || option_error "--data and --exp need a folder"
 if [ -z "$root" ] || [ ! -d "$root" ]; then
   echo "usage: $0 LIBRISPEECH_ROOT [SUBSET ...] [options] [-- key=value ...]  (root '${root}' is not a folder)" >&2
   exit 1
@@ -122,9 +128,6 @@ section, key = sys.argv[2].split(".")
 print(getattr(getattr(cfg, section), key))
 PY
 }
-
-# run_stage and tolerate_skips
-source "recipes/lib.sh"
 
 stage0() {  # each subset -> data/librispeech/<subset>.jsonl; the training subsets together -> train.jsonl
   # In parallel: reading the audio headers of a subset is mostly waiting for the disk.
@@ -246,11 +249,11 @@ PY
 }
 
 cmdline="bash recipes/librispeech/run.sh $root ${subsets[*]}"
-run_stage 0 "root=$(realpath "$root") subsets=${subsets[*]}" stage0
-run_stage 1 "vocab=$(cfg tokenizer.vocab_size) type=$(cfg tokenizer.model_type)" stage1
-run_stage 2 "max_per_shard=$max_per_shard" stage2
-run_stage 3 "conf=$(cksum < "$config") ngpu=$ngpu dev=$dev_set ${overrides[*]}" stage3
-run_stage 4 "arpa=$lm_arpa text=$lm_text order=$lm_order prune=$lm_prune sets=${eval_sets[*]}" stage4
-run_stage 5 "beam=$beam_size alpha=$alpha beta=$beta grid=$alphas/$betas" stage5
-run_stage 6 "sets=${eval_sets[*]} beam=$beam_size" stage6
+run_stage 0 "data=$data root=$(realpath "$root") subsets=${subsets[*]}" stage0
+run_stage 1 "data=$data vocab=$(cfg tokenizer.vocab_size) type=$(cfg tokenizer.model_type)" stage1
+run_stage 2 "data=$data max_per_shard=$max_per_shard" stage2
+run_stage 3 "data=$data conf=$(cksum < "$config") ngpu=$ngpu dev=$dev_set ${overrides[*]}" stage3
+run_stage 4 "data=$data arpa=$lm_arpa text=$lm_text order=$lm_order prune=$lm_prune sets=${eval_sets[*]}" stage4
+run_stage 5 "data=$data beam=$beam_size alpha=$alpha beta=$beta grid=$alphas/$betas" stage5
+run_stage 6 "data=$data sets=${eval_sets[*]} beam=$beam_size report=$report" stage6
 run_stage 7 "-" stage7 "$cmdline ${overrides[*]}"

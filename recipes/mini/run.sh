@@ -3,13 +3,31 @@
 # manifests -> shards -> a small BiLSTM-CTC trained on the CPU -> greedy (and beam + LM) WER
 # on test voices and sentences never seen in training.
 #
-#   bash recipes/mini/run.sh [--stage N] [--stop-stage M] [--num-train N] [--train-voices V] [--epochs E] [--seed S]
-#                            [--train-minutes M] [--beam-size K] [--jobs N] [--train-procs P]
-#                            [-- CONFIG_OVERRIDES...]
+#   bash recipes/mini/run.sh [options] [-- CONFIG_OVERRIDES...]
 #
-# Writes data/mini/ (corpus, manifests, shards) and exp/mini/ (model.pt, results.json, logs).
-# A stage that finished leaves exp/mini/.done.<stage> holding its options; it is skipped next time
-# unless those options changed. --force reruns everything from --stage.
+# Options:
+#   --stage N --stop-stage M   run stages N..M only (0 synthesize, 1 manifests, 2 shards, 3 train,
+#                              4 greedy decoding, 5 beam search + LM)
+#   --num-train N              training utterances to synthesize (default 20000)
+#   --num-dev N --num-test N   dev and test utterances (default 100 and 200)
+#   --train-voices V           voices the training utterances are spoken in (default 90)
+#   --epochs E                 at most this many epochs (default 40; --train-minutes ends training first)
+#   --train-minutes M          stop training after M minutes (default 14), which also paces the LR decay
+#   --seed S                   corpus, shuffling and training seed (default 0)
+#   --beam-size K              beam width of stage 5 (default 16)
+#   --jobs N                   parallel synthesis and decoding jobs (default: the cores)
+#   --train-procs P            training processes (default 0: one per core, at most 4)
+#   --data DIR                 corpus, manifests and shards (default data/mini)
+#   --exp DIR                  model, logs and results (default exp/mini)
+#   --force                    rerun stages even if they finished with the same options
+#   -h, --help                 this text
+#   -- key=value ...           config overrides for asr train (e.g. -- model.stride=2)
+#
+# Writes the --data folder (corpus, manifests, shards) and the --exp folder (model.pt, results.json,
+# logs, decode/).
+# A stage that finished leaves $exp/.done.<stage> holding its options; it is skipped next time
+# unless those options changed, and rerunning a stage invalidates the stages after it. --force
+# reruns everything from --stage.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x .venv/bin/asr ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -31,33 +49,36 @@ data=data/mini
 exp=exp/mini
 overrides=()
 
+# usage, opt_value, whole_numbers, run_stage, tolerate_skips, cpu_train and shard_size
+source "recipes/lib.sh"
+
 while [ $# -gt 0 ]; do
   case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --num-train) num_train=$2; shift 2 ;;
-    --train-voices) train_voices=$2; shift 2 ;;
-    --num-dev) num_dev=$2; shift 2 ;;
-    --num-test) num_test=$2; shift 2 ;;
-    --epochs) epochs=$2; shift 2 ;;
-    --seed) seed=$2; shift 2 ;;
-    --train-minutes) train_minutes=$2; shift 2 ;;
-    --beam-size) beam_size=$2; shift 2 ;;
-    --jobs) jobs=$2; shift 2 ;;
-    --train-procs) train_procs=$2; shift 2 ;;
-    --data) data=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
+    --stage) stage=$(opt_value "$@"); shift 2 ;;
+    --stop-stage) stop_stage=$(opt_value "$@"); shift 2 ;;
+    --num-train) num_train=$(opt_value "$@"); shift 2 ;;
+    --train-voices) train_voices=$(opt_value "$@"); shift 2 ;;
+    --num-dev) num_dev=$(opt_value "$@"); shift 2 ;;
+    --num-test) num_test=$(opt_value "$@"); shift 2 ;;
+    --epochs) epochs=$(opt_value "$@"); shift 2 ;;
+    --seed) seed=$(opt_value "$@"); shift 2 ;;
+    --train-minutes) train_minutes=$(opt_value "$@"); shift 2 ;;
+    --beam-size) beam_size=$(opt_value "$@"); shift 2 ;;
+    --jobs) jobs=$(opt_value "$@"); shift 2 ;;
+    --train-procs) train_procs=$(opt_value "$@"); shift 2 ;;
+    --data) data=$(opt_value "$@"); shift 2 ;;
+    --exp) exp=$(opt_value "$@"); shift 2 ;;
     --force) force=1; shift ;;
+    -h|--help) usage recipes/mini/run.sh; exit 0 ;;
     --) shift; overrides+=("$@"); break ;;   # the rest: config overrides for asr train
-    *) echo "unknown option $1" >&2; exit 1 ;;
+    *) option_error "unknown option $1 (--help lists them)" ;;
   esac
 done
+whole_numbers --stage "$stage" --stop-stage "$stop_stage" --jobs "$jobs" --train-procs "$train_procs"
+[ -n "$data" ] && [ -n "$exp" ] || option_error "--data and --exp need a folder"
 mkdir -p "$exp"
 # More than a few processes would cut the 10,000-frame batch into slivers.
 [ "$train_procs" -gt 0 ] || train_procs=$(( jobs < 4 ? jobs : 4 ))
-
-# run_stage, tolerate_skips and cpu_train
-source "recipes/lib.sh"
 
 stage0() {  # synthesize the corpus (train voices; test voices and sentences unseen in training)
   rm -rf "$data/corpus"
@@ -97,12 +118,12 @@ stage5() {  # beam search + word 3-gram LM: LM from the corpus text (dev/test se
     --beam-size "$beam_size" --decode-workers "$jobs" --device cpu --out "$exp/decode/test-beam-lm"
 }
 
-run_stage 0 "n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage0
-run_stage 1 "n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage1
-run_stage 2 "n=$num_train seed=$seed procs=$train_procs" stage2
-run_stage 3 "epochs=$epochs seed=$seed minutes=$train_minutes procs=$train_procs conf=$(cksum < conf/mini.yaml) ${overrides[*]}" stage3
-run_stage 4 "greedy" stage4
-run_stage 5 "beam=$beam_size" stage5
+run_stage 0 "data=$data n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage0
+run_stage 1 "data=$data n=$num_train/$num_dev/$num_test voices=$train_voices seed=$seed" stage1
+run_stage 2 "data=$data n=$num_train seed=$seed procs=$train_procs" stage2
+run_stage 3 "data=$data epochs=$epochs seed=$seed minutes=$train_minutes procs=$train_procs conf=$(cksum < conf/mini.yaml) ${overrides[*]}" stage3
+run_stage 4 "data=$data greedy" stage4
+run_stage 5 "data=$data beam=$beam_size" stage5
 
 python3 - "$exp/decode" <<'PY'
 import json, sys
