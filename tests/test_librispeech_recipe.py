@@ -148,6 +148,11 @@ def test_every_stage_on_a_miniature_corpus(corpus, tmp_path):
     # another --data folder is not the same options: stage 0 fills it
     moved = ok(recipe(*common, "--data", str(tmp_path / "data2"), "--stop-stage", "0", "--", *TINY))
     assert "done before" not in moved and (tmp_path / "data2" / "train.jsonl").is_file()
+    # --lm-prune "C2": bigrams seen once are dropped (asr lm build's first threshold is the unigrams')
+    full = len(lm.probs[1])
+    ok(recipe(*common, "--stage", "4", "--stop-stage", "4", "--lm-prune", "1"))
+    pruned = read_arpa(data / "lm" / "lm.arpa")
+    assert len(pruned.probs[0]) == len(lm.probs[0]) and len(pruned.probs[1]) < full
 
 
 def test_bad_arguments_are_refused_before_any_work(corpus, tmp_path):

@@ -25,6 +25,8 @@
 #   --alphas LIST --betas LIST the grid tried there (comma-separated; default: asr lm tune's)
 #   --resume                   continue training from exp/librispeech/ckpt/state.pt
 #   --no-report                skip asr evaluate's report.md and plots (faster)
+#   --max-per-shard N          utterances per training shard (default 2000)
+#   --decode-workers N         CPU processes for the beam search (default: the cores)
 #   --data DIR --exp DIR       where data (manifests, units, shards, LM) and results go
 #   --force                    rerun stages even if they finished with the same options
 #   -h, --help                 this text
@@ -181,7 +183,8 @@ stage4() {  # word n-gram LM built from --lm-text, or from the training transcri
   mkdir -p "$data/lm"
   local text=${lm_text:-$data/train.jsonl} args=() s
   # shellcheck disable=SC2206
-  [ -n "$lm_prune" ] && args+=(--prune $lm_prune)
+  # asr lm build's first threshold is the unigrams', which are never pruned.
+  [ -n "$lm_prune" ] && args+=(--prune 0 $lm_prune)
   # Sentences that also occur in a dev/test set are left out, or the LM would partly memorise them.
   [ ${#eval_sets[@]} -gt 0 ] && args+=(--exclude) && for s in "${eval_sets[@]}"; do args+=("$data/$s.jsonl"); done
   asr lm build "$text" -o "$data/lm/lm.arpa" --order "$lm_order" "${args[@]}"
