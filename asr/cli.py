@@ -13,36 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from asr.argtypes import int_at_least, positive_float, positive_int
 from asr.skipped import report_skipped
 
 log = logging.getLogger("asr")
-
-
-def int_at_least(lo: int):
-    """argparse type: an integer >= ``lo`` (a clean usage error otherwise)."""
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if n < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {n}")
-        return n
-    return parse
-
-
-positive_int = int_at_least(1)
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < x < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
-    return x
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -154,6 +128,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return rc
 
 
+def check_decoder_options(args: argparse.Namespace) -> None:
+    """The decoder options' own mistakes, found before a manifest is read or a model loaded."""
+    if args.decoder == "greedy" and args.lm:
+        raise ValueError("the greedy decoder takes no LM; use --decoder beam (or beam-gpu) with an LM")
+    if args.lm and not Path(args.lm).is_file():
+        raise ValueError(f"{args.lm}: no such ARPA file")
+
+
 def decoder_settings(args: argparse.Namespace) -> dict:
     """What decoded the output, for its records: the beam size, and the LM with its weights."""
     if args.decoder == "greedy":
@@ -192,6 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from asr.package import load_package
     from asr.recognizer import Recognizer
 
+    check_decoder_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = _device(args.device)
@@ -238,6 +221,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if len(formats) > 1 and not args.output_dir:
         print("asr transcribe: error: --output-format all needs --output-dir", file=sys.stderr)
         return 2
+    check_decoder_options(args)
     if not 0 <= args.overlap < args.window:
         print(f"asr transcribe: error: --overlap {args.overlap:g} s must be at least 0 and less than --window "
               f"{args.window:g} s", file=sys.stderr)

@@ -465,6 +465,12 @@ class _no_exit:
         return False
 
 
+def test_evaluate_checks_its_decoder_options_before_the_manifest(package, tmp_path, capsys, caplog):
+    rc, _, err = asr(["evaluate", package, tmp_path / "absent.jsonl", "--decoder", "beam", "--lm", tmp_path / "no.arpa"],
+                     capsys, caplog)
+    assert rc == 2 and "no.arpa: no such ARPA file" in err and "absent.jsonl" not in err
+
+
 def test_a_gpu_asked_for_where_there_is_none_is_one_line(package, corpus, capsys, caplog, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rc, _, err = asr(["transcribe", "--model", package, corpus.audio / "good_a.wav", "--device", "cuda"], capsys, caplog)

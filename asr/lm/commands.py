@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from asr.argtypes import positive_int
 from asr.skipped import report_skipped
 from asr.text import normalize
 
@@ -123,7 +124,7 @@ def add_lm_subparser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--alphas", type=_floats, default=_floats(DEFAULT_ALPHAS), help=f"LM weights (default {DEFAULT_ALPHAS})")
     t.add_argument("--betas", type=_floats, default=_floats(DEFAULT_BETAS), help=f"word bonuses (default {DEFAULT_BETAS})")
     t.add_argument("--decoder", default="beam", choices=["beam", "beam-gpu"])
-    t.add_argument("--beam-size", type=int, default=16)
+    t.add_argument("--beam-size", type=positive_int, default=16)
     t.add_argument("--decode-workers", type=int, default=0, help="CPU processes for beam search")
     t.add_argument("--workers", type=int, default=0, help="audio loading processes")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto (the model, and beam-gpu)")
