@@ -461,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=16, help="windows decoded together")
     p.add_argument("--window", type=float, default=30.0, help="seconds of audio per window for long files")
     p.add_argument("--overlap", type=float, default=4.0, help="seconds shared by consecutive windows")
-    p.add_argument("--quantize", action="store_true", help="INT8 dynamic quantization of LSTM and linear layers (CPU)")
+    p.add_argument("--quantize", action="store_true",
+                   help="INT8 dynamic quantization of LSTM and linear layers (CPU); activations are scaled per "
+                        "batch, so a file's words may change with the files beside it (--batch-size 1: never)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input (exit status 2)")
     p.add_argument("--same-speaker", action="store_true",
