@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     p.add_argument("--batch-size", type=positive_int, default=16, help="windows decoded together")
     p.add_argument("--window", type=float, default=30.0, help="seconds of audio per window for long files")
-    p.add_argument("--overlap", type=float, default=4.0, help="seconds shared by consecutive windows")
+    p.add_argument("--overlap", type=float, default=4.0, help="seconds shared by consecutive windows; each seam is cut in a pause in it, away from both "
+                        "windows' edges, so under ~2 s there is little room for a clean seam")
     p.add_argument("--quantize", action="store_true",
                    help="INT8 dynamic quantization of LSTM and linear layers (CPU); activations are scaled per "
                         "batch, so a file's words may change with the files beside it (--batch-size 1: never)")

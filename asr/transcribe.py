@@ -270,43 +270,76 @@ def _gaps(words: list[Word], lo: float, hi: float) -> list[tuple[float, float]]:
     return [(a, b) for a, b in gaps if b > a]
 
 
-def seam_cut(a: WindowWords, b: WindowWords) -> float:
-    """Where to switch from window ``a`` to the next window ``b``, in seconds.
+@dataclass
+class Seam:
+    """Where to switch from one window to the next (seconds). When only one of them has a pause
+    there, the other has a word the cut runs through: ``keep`` says which window ("a": the earlier,
+    "b": the later) and ``span`` the word's (start, end); that window's word stands for its audio."""
+
+    cut: float
+    keep: str | None = None
+    span: tuple[float, float] = (0.0, 0.0)
+
+
+def seam_cut(a: WindowWords, b: WindowWords) -> Seam:
+    """Where to switch from window ``a`` to the next window ``b``.
 
     Inside the overlap, away from both windows' edges (where words are cut off and the model lacks
     context), pick the longest pause that both windows agree on, so no word of either window spans
-    the cut; without one (speech right through the overlap), the overlap's middle.
+    the cut. Without one, the longest pause of either window (the two may split a word differently
+    there: "HUMUSS | YOU" in one, "SYOU" in the other); without any, the overlap's middle.
     """
     lo, hi = b.start, min(a.end, b.end)
     if hi <= lo:
-        return lo
+        return Seam(lo)
     margin = min(1.0, (hi - lo) / 4)
     lo, hi = lo + margin, hi - margin
     mid = (lo + hi) / 2
-    common = []
-    for ga in _gaps(a.words, lo, hi):
-        for gb in _gaps(b.words, lo, hi):
-            s, e = max(ga[0], gb[0]), min(ga[1], gb[1])
-            if e > s:
-                common.append((s, e))
-    if not common:
-        return mid
-    s, e = max(common, key=lambda g: (round(g[1] - g[0], 3), -abs((g[0] + g[1]) / 2 - mid)))
-    return (s + e) / 2
+
+    def best(gaps: list[tuple[float, float]]) -> tuple[float, float]:
+        return max(gaps, key=lambda g: (round(g[1] - g[0], 3), -abs((g[0] + g[1]) / 2 - mid)))
+
+    gaps_a, gaps_b = _gaps(a.words, lo, hi), _gaps(b.words, lo, hi)
+    common = [(max(ga[0], gb[0]), min(ga[1], gb[1])) for ga in gaps_a for gb in gaps_b]
+    common = [g for g in common if g[1] > g[0]]
+    if common:
+        return Seam(sum(best(common)) / 2)
+    if not gaps_a and not gaps_b:
+        return Seam(mid)
+    pause = best(gaps_a + gaps_b)
+    cut = sum(pause) / 2
+    other, keep = (b, "b") if pause in gaps_a else (a, "a")  # the window without a pause at the cut
+    through = [w for w in other.words if w.start < cut < w.end]
+    return Seam(cut, keep, (through[0].start, through[0].end)) if through else Seam(cut)
+
+
+def _mid(w: Word) -> float:
+    return (w.start + w.end) / 2
+
+
+def _kept(w: Word, seam: Seam, side: str) -> bool:
+    """Whether window ``side`` ("a", before the seam; "b", after it) keeps ``w``: by its middle,
+    except that the word the cut runs through stays in the window that has it, and the other
+    window's words inside that word's span go."""
+    if seam.keep == side and w.start < seam.cut < w.end:
+        return True
+    if seam.keep is not None and seam.keep != side and seam.span[0] <= _mid(w) <= seam.span[1]:
+        return False
+    return _mid(w) < seam.cut if side == "a" else _mid(w) >= seam.cut
 
 
 def merge_windows(windows: list[WindowWords]) -> list[Word]:
     """One word list from overlapping windows: each word is taken from exactly one window.
 
-    Window k keeps the words whose middle lies between the cut before it and the cut after it
-    (``seam_cut``), so a word seen by two windows is neither lost nor doubled.
+    Window k keeps the words on its side of the seam before it and of the seam after it
+    (``seam_cut``, ``_kept``), so a word seen by two windows is neither lost nor doubled.
     """
     windows = sorted(windows, key=lambda w: w.start)
-    cuts = [seam_cut(a, b) for a, b in zip(windows, windows[1:])]
-    bounds = [-float("inf")] + cuts + [float("inf")]
+    seams = [seam_cut(a, b) for a, b in zip(windows, windows[1:])]
     out = []
     for k, win in enumerate(windows):
-        out += [w for w in win.words if bounds[k] <= (w.start + w.end) / 2 < bounds[k + 1]]
+        out += [w for w in win.words if (k == 0 or _kept(w, seams[k - 1], "b"))
+                and (k == len(windows) - 1 or _kept(w, seams[k], "a"))]
     return out
 
 

@@ -117,6 +117,20 @@ def test_merge_uses_a_shared_pause_and_drops_edge_fragments():
     assert [w.word for w in merged] == [w.word for w in words]
 
 
+def test_merge_keeps_a_word_the_later_window_fused_with_the_cut_off_end_of_another():
+    """No pause both windows agree on: the earlier window hears "HUMUSS | YOU", the later one (which
+    starts inside HUMUSS) "SYOU". Cutting in the earlier window's pause, the word the cut runs through
+    comes from the later window; cutting by word middles dropped YOU from both."""
+    a = WindowWords(0.0, 4.0, [Word("THE", 2.0, 2.4, 1.0), Word("HUMUSS", 2.64, 3.06, 1.0),
+                               Word("YOU", 3.72, 3.87, 1.0)])
+    b = WindowWords(3.0, 7.0, [Word("SYOU", 3.0, 3.87, 1.0), Word("SCRACH", 4.2, 4.8, 1.0)])
+    assert [w.word for w in merge_windows([a, b])] == ["THE", "HUMUSS", "SYOU", "SCRACH"]
+    # The mirror image: the earlier window fuses across the cut, the later one has the pause.
+    a = WindowWords(0.0, 4.0, [Word("THE", 2.0, 2.4, 1.0), Word("HUMUSSY", 2.64, 3.87, 1.0)])
+    b = WindowWords(3.0, 7.0, [Word("S", 3.0, 3.06, 1.0), Word("YOU", 3.72, 3.87, 1.0), Word("SCRACH", 4.2, 4.8, 1.0)])
+    assert [w.word for w in merge_windows([a, b])] == ["THE", "HUMUSSY", "SCRACH"]
+
+
 def test_merge_without_any_pause_cuts_in_the_middle_once():
     words = [Word(f"W{i}", 0.4 * i, 0.4 * (i + 1), 1.0) for i in range(50)]  # continuous speech, 0 .. 20 s
     a = WindowWords(0.0, 12.0, [w for w in words if w.end <= 12.0])
