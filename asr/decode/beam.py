@@ -588,13 +588,16 @@ class BeamSearchDecoder:
     def _search_one(self, lp: np.ndarray | Tensor, cands=None, nbest: int = 1):
         return prefix_beam_search(lp, self.opts, self.fusion, cands, nbest)
 
-    def nbest(self, log_probs: Tensor, n: int = 10) -> list[Hypothesis]:
+    def nbest(self, log_probs: Tensor, n: int = 10, distinct: bool = True) -> list[Hypothesis]:
         """One utterance, log_probs (T, V) -> up to ``n`` hypotheses with different words, best first.
 
         Prefixes that differ only by a trailing word boundary ("A B" and "A B |") are the same
         transcript: only the better one is kept, so the gap between the first two compares words.
+        ``distinct=False``: every labelling the search kept, as it is (their probabilities add up).
         """
-        found = self._search_one(log_probs.detach().float().cpu().numpy(), nbest=2 * n)
+        found = self._search_one(log_probs.detach().float().cpu().numpy(), nbest=2 * n if distinct else n)
+        if not distinct:
+            return [self._hyp(*r) for r in found]
         out: dict[str, Hypothesis] = {}
         for r in found:
             h = self._hyp(*r)
