@@ -465,7 +465,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     # budget, and a learning rate paced by it must not start its decay over.
     t_start = time.time() - running.get("elapsed", 0.0)
     deadline = t_start + tc.max_minutes * 60 if tc.max_minutes > 0 else float("inf")
-    stopped_early = False
+    stopped_early = signal_stop = False
     if state and tc.max_minutes > 0:
         log.info("%.1f of train.max_minutes=%g used before this resume", (time.time() - t_start) / 60, tc.max_minutes)
         if time.time() > deadline:
@@ -536,7 +536,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                 out_of_data, signalled = (bool(f) for f in flags.tolist())
             # At a step's boundary only: the micro-batches of a step all count, or none does.
             if signalled and (batch_pos - start_batch) % tc.accum_steps == 0:
-                stopped_early = True
+                stopped_early = signal_stop = True  # on every rank, whichever got the signal
                 break
             if out_of_data:
                 break
@@ -636,11 +636,11 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                 log.info("max_minutes=%.1f reached; stopping after step %d", tc.max_minutes, step)
                 break
         bar.close()
-        if stopped_early and stop.name is not None:
+        if signal_stop:
             # No validation: a preempted job may have seconds. The batch fetched last was not used.
             checkpoint(epoch, batch_pos)
             log.warning("%s: stopped after step %d; checkpoint %s saved, continue with --resume",
-                        stop.name, step, state_path)
+                        stop.name or "a signal to another rank", step, state_path)
             break
         if stopped_early and batch is not None:
             # Out of time mid-epoch: keep the position so --resume continues with the next batch, and
@@ -689,8 +689,8 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     summary = {"epochs": epoch, "steps": step, "best_dev_wer": None if best_wer == float("inf") else best_wer,
                **counts, "skipped": sorted(set(all_skipped) | set(problems.values())),
                "train_seconds": round(time.time() - t_start, 1)}
-    if stop.name is not None and stopped_early:
-        summary["interrupted"] = stop.name
+    if signal_stop:
+        summary["interrupted"] = stop.name or "SIGTERM"  # (only rank 0's summary is printed and kept)
     if dd.main:
         (exp / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if dd.world > 1:
