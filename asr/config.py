@@ -78,6 +78,11 @@ class ModelConfig:
     hidden: int = 256  # per direction
     layers: int = 3
     dropout: float = 0.1
+    # How the BiLSTM meets padding; the same weights and results either way. "packed": cuDNN over a
+    # PackedSequence (no work on padding, but a new GEMM shape at every time step); "padded": each
+    # direction of each layer over the padded batch, the backward one on each sequence reversed within
+    # its length (work on padding, one shape); "auto": padded on the CPU, packed on a GPU.
+    lstm_layout: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,7 @@ RULES: dict[str, Rule] = {
     "model.subsample": _one_of("conv1d", "conv2d"),
     "model.stride": _at_least(1),
     "model.subsample_channels": _at_least(1),
+    "model.lstm_layout": _one_of("auto", "packed", "padded"),
     "model.hidden": _at_least(1),
     "model.layers": _at_least(1),
     "model.dropout": _fraction(upper_open=True),

@@ -3,11 +3,11 @@
 ``AcousticModel.forward(feats (B, T, F), lengths (B,)) -> (log_probs (B, T', V), out_lengths (B,))``
 with T' = ceil(T / stride) (``model.stride``, 4 by default). Padding never changes a result: conv
 outputs beyond each length are zeroed before the next layer, and the LSTM never lets a padded frame
-reach a valid one. On the GPU it runs on packed sequences (cuDNN's fast path). On the CPU, PyTorch's
-packed LSTM leaves its fast oneDNN path and is about 1.7x slower than the padded one, so there each
-direction of each layer runs padded:
-the forward one as is (padding comes after the valid frames), the backward one over each sequence
-reversed within its length; outputs past each length are zeroed. Both paths use the same weights.
+reach a valid one. ``model.lstm_layout`` picks how the LSTM meets padding: "packed", cuDNN over
+packed sequences; or "padded", each direction of each layer over the padded batch, the forward one as
+is (padding comes after the valid frames), the backward one over each sequence reversed within its
+length, outputs past each length zeroed. "auto" takes padded on the CPU (PyTorch's packed LSTM leaves
+its fast oneDNN path there and is about 1.7x slower) and packed on a GPU. Both use the same weights.
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ class AcousticModel(nn.Module):
         # The padded path needs the plain nn.LSTM's weights: quantized or export-wrapped LSTMs, and
         # traced graphs, take the packed path.
         plain = type(self.lstm) is nn.LSTM and not torch.jit.is_tracing()
-        if plain and x.device.type == "cpu":
+        if plain and self.lstm_layout(x.device) == "padded":
             x = self._lstm_padded(x, lengths)
         elif plain:
             x = self._lstm_packed(x, lengths if host is None else host)
@@ -144,6 +144,13 @@ class AcousticModel(nn.Module):
             x, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         logits = self.head(self.dropout(x))
         return torch.log_softmax(logits.float(), dim=-1), lengths if host is None else host
+
+    def lstm_layout(self, device: torch.device) -> str:
+        """"packed" or "padded": ``model.lstm_layout``, with "auto" resolved for ``device``."""
+        layout = self.cfg.lstm_layout
+        if layout == "auto":
+            return "padded" if device.type == "cpu" else "packed"
+        return layout
 
     def _lstm_packed(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T', H) -> (B, T', 2H), zero past each length: ``self.lstm`` over a PackedSequence made

@@ -14,11 +14,14 @@
 # BEFORE=DIR: also measure the training throughput of an older checkout (its asr/ and benchmarks/,
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # EXTRA_FRAMES=N: also measure ours and the bare LSTM at a second frame budget (bigger batches,
-# fewer launches per second of audio), after the `asr train` run.
+# fewer launches per second of audio), after the `asr train` run. SMALL=1: also the 4 x 320 model.
+# LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "packed padded");
+# TRAIN_LAYOUT: the one `asr train` runs (default auto). WARMUP: untimed steps first (default 15:
+# each loader worker's first batch is an eighth of max_frames, and there are 10 workers).
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
 device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-60} max_frames=${MAX_FRAMES:-384000}
-steps=${STEPS:-30} workers=${WORKERS:-10} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
+steps=${STEPS:-30} warmup=${WARMUP:-15} workers=${WORKERS:-10} layouts=${LAYOUTS:-packed padded} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
@@ -35,32 +38,32 @@ timeout 120 $py benchmarks/long_shards.py --src "$src" --out "$work/long" --hour
 if [ -n "${BEFORE:-}" ]; then
   stage "training throughput, $BEFORE"
   (cd "$BEFORE" && PYTHONPATH="$BEFORE:${PYTHONPATH:-}" timeout 150 $py benchmarks/train_throughput.py \
-      --shards "$work/long/train.index.json" --sizes $sizes --steps "$steps" --warmup 5 --max-frames "$max_frames" \
+      --shards "$work/long/train.index.json" --sizes $sizes --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
 stage "training throughput"
-timeout 150 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
-    --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device "$device" \
-    --profile "$out/profile.txt" 2>&1 | tee "$out/throughput.md"
+timeout 240 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
+    --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" \
+    --device "$device" --profile "$out/profile.txt" 2>&1 | tee "$out/throughput.md"
 
 stage "asr train, large config"
 rm -rf "$work/exp"
 timeout 150 $py -m asr train --config conf/large.yaml --train "$work/long/train.index.json" --exp "$work/exp" \
     --device "$device" train.epochs=1 train.max_minutes="$train_minutes" train.log_every=5 \
-    train.max_frames="$max_frames" train.num_workers="$workers" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
+    train.max_frames="$max_frames" train.num_workers="$workers" model.lstm_layout="${TRAIN_LAYOUT:-auto}" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
     | tail -40 | tee "$out/train.log"
 cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
 
 if [ -n "${EXTRA_FRAMES:-}" ]; then
   stage "training throughput, max_frames $EXTRA_FRAMES"
   timeout 120 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
-      --steps "$steps" --warmup 5 --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" 2>&1 \
+      --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" 2>&1 \
       | tee "$out/throughput_frames_$EXTRA_FRAMES.md"
 fi
 
-[ "$device" = cuda ] && timeout 90 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
-    --sizes 4x320 --steps "$steps" --warmup 5 --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
+[ "$device" = cuda ] && [ -n "${SMALL:-}" ] && timeout 90 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
+    --sizes 4x320 --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
     | tee "$out/throughput_4x320.md"
 
 if [ -n "$emissions" ]; then

@@ -39,10 +39,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
+def run_ours(size: str, layout: str, shards: list[str], args, device: torch.device) -> dict:
     layers, hidden = (int(x) for x in size.split("x"))
     tok = CharTokenizer()
-    model = AcousticModel(ModelConfig(hidden=hidden, layers=layers, dropout=0.1), 80, tok.vocab_size).to(device)
+    cfg = ModelConfig(hidden=hidden, layers=layers, dropout=0.1, lstm_layout=layout)
+    model = AcousticModel(cfg, 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
     data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0)
@@ -93,9 +94,10 @@ def run_ours(size: str, shards: list[str], args, device: torch.device) -> dict:
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    syncs = count_syncs(train_step, it, size, args.profile) if device.type == "cuda" else None
-    busy = profile_steps(train_step, it, size, args.profile, device) if args.profile else None
-    return {"busy": busy, "size": size, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
+    name = f"{size} {model.lstm_layout(device)}"
+    syncs = count_syncs(train_step, it, name, args.profile) if device.type == "cuda" else None
+    busy = profile_steps(train_step, it, name, args.profile, device) if args.profile else None
+    return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
             "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak}
 
@@ -197,6 +199,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--sizes", nargs="+", default=["2x128", "3x256"], help="LAYERSxHIDDEN per direction")
+    p.add_argument("--lstm-layouts", nargs="+", default=["auto"], choices=["auto", "packed", "padded"],
+                   help="model.lstm_layout values to run, one row each (the bare LSTM is timed at each row's shapes)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-frames", type=int, default=20000)
@@ -221,18 +225,18 @@ def main() -> None:
           f"{args.steps} timed steps after {args.warmup} warm-up; {args.workers} loader workers; "
           f"torch {torch.__version__}" + (f", cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark "
                                           f"{args.cudnn_benchmark}" if device.type == "cuda" else ""))
-    print("| model | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
+    print("| model, LSTM layout | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
           "| syncs / step | peak GPU memory (GiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for size in args.sizes:
-        res = run_ours(size, shards, args, device)
+    for size, layout in ((s, layout) for s in args.sizes for layout in args.lstm_layouts):
+        res = run_ours(size, layout, shards, args, device)
         bare = run_bare(res, args, device)
-        print(f"| {size} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
+        print(f"| {res['size']} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
               f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} | "
               f"{'n/a' if res['peak_gib'] is None else format(res['peak_gib'], '.1f')} |", flush=True)
         if res["busy"] is not None:
-            print(f"{size}: GPU busy in 3 profiled steps: ours {100 * res['busy']:.0f}%, bare nn.LSTM "
+            print(f"{res['size']}: GPU busy in 3 profiled steps: ours {100 * res['busy']:.0f}%, bare nn.LSTM "
                   f"{100 * res.get('bare_busy', float('nan')):.0f}% of the wall time", flush=True)
 
 

@@ -83,3 +83,12 @@ def test_resume_carries_the_clock_of_a_time_budget(train_shards, tmp_path, caplo
     assert again["steps"] == 1 and "is used up" in caplog.text
     more = train(tiny_experiment(epochs=2), train_shards, [], exp, device="cpu", resume=True)
     assert more["steps"] > 1 and more["train_seconds"] >= round(used, 1)
+
+
+def test_resume_takes_another_lstm_layout_but_not_other_model_settings():
+    """model.lstm_layout says how the same weights run, so a run may resume under another one."""
+    from asr.train import changed_settings
+    saved = {"model": {"hidden": 16, "lstm_layout": "auto"}, "train": {"lr": 1e-3}}
+    assert changed_settings(saved, {"model": {"hidden": 16, "lstm_layout": "padded"}, "train": {"lr": 2e-3}}) == []
+    assert changed_settings(saved, {"model": {"hidden": 32, "lstm_layout": "padded"}}) == [
+        "model.hidden is 32 here, 16 in the checkpoint"]
