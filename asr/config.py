@@ -78,11 +78,12 @@ class ModelConfig:
     hidden: int = 256  # per direction
     layers: int = 3
     dropout: float = 0.1
-    # How the BiLSTM meets padding; the same weights and results either way. "packed": cuDNN over a
-    # PackedSequence (no work on padding, but a new GEMM shape at every time step); "padded": each
-    # direction of each layer over the padded batch, the backward one on each sequence reversed within
-    # its length (work on padding, one shape); "auto": padded on the CPU, packed on a GPU.
-    lstm_layout: str = "auto"
+    # How the BiLSTM meets padding; the same weights and results either way. "padded": each direction
+    # of each layer over the padded batch, the backward one on each sequence reversed within its length
+    # (work on the padding, one GEMM shape). "packed": cuDNN over a PackedSequence (no work on the
+    # padding, but a new GEMM shape at every time step). On an H100 (5 x 1024, bf16, 20% padding)
+    # padded trained at 9,262x real time and packed at 6,254x; on the CPU packed is ~1.7x slower.
+    lstm_layout: str = "padded"
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ RULES: dict[str, Rule] = {
     "model.subsample": _one_of("conv1d", "conv2d"),
     "model.stride": _at_least(1),
     "model.subsample_channels": _at_least(1),
-    "model.lstm_layout": _one_of("auto", "packed", "padded"),
+    "model.lstm_layout": _one_of("padded", "packed"),
     "model.hidden": _at_least(1),
     "model.layers": _at_least(1),
     "model.dropout": _fraction(upper_open=True),

@@ -100,7 +100,7 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
         counters.problems[uid] = why
     if not batch["ids"]:
         return None
-    # Lengths stay on the host: what the step reports and the packed LSTM's layout come from them.
+    # Lengths stay on the host: what the step reports and the CTC loss's lengths come from them.
     wav_len = batch["lengths"]
     ntok = int(batch["target_lengths"].sum())
     tgt = to_device(batch["targets"], device)

@@ -1,7 +1,7 @@
 """Training throughput from real shards, beside the bare nn.LSTM stack at the same batch shapes.
 
 For each model size, runs the real training step (GPU/CPU features + SpecAugment, conv subsampling,
-packed BiLSTM, CTC in fp32, backward, clip, AdamW) for a fixed number of steps from shards, then
+BiLSTM in --lstm-layouts, CTC in fp32, backward, clip, AdamW) for a fixed number of steps from shards, then
 times a bare ``nn.LSTM`` forward+backward on the very batch shapes the trainer saw. Prints a
 Markdown table: audio seconds per wall second (x real time), padding fraction, the share of wall
 time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
@@ -94,7 +94,7 @@ def run_ours(size: str, layout: str, shards: list[str], args, device: torch.devi
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    name = f"{size} {model.lstm_layout(device)}"
+    name = f"{size} {layout}"
     syncs = count_syncs(train_step, it, name, args.profile) if device.type == "cuda" else None
     busy = profile_steps(train_step, it, name, args.profile, device) if args.profile else None
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
@@ -199,7 +199,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--sizes", nargs="+", default=["2x128", "3x256"], help="LAYERSxHIDDEN per direction")
-    p.add_argument("--lstm-layouts", nargs="+", default=["auto"], choices=["auto", "packed", "padded"],
+    p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "packed"],
                    help="model.lstm_layout values to run, one row each (the bare LSTM is timed at each row's shapes)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

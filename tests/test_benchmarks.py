@@ -29,9 +29,10 @@ def table_rows(out: str) -> list[list[str]]:
 
 def test_train_throughput_reports_ours_beside_the_bare_lstm(train_shards):
     out = run_script("benchmarks/train_throughput.py", "--shards", *train_shards, "--sizes", "1x16", "2x24",
-                     "--steps", "3", "--warmup", "1", "--max-frames", "400", "--workers", "0", "--threads", "1")
+                     "--lstm-layouts", "padded", "packed", "--steps", "3", "--warmup", "1", "--max-frames", "400",
+                     "--workers", "0", "--threads", "1")
     rows = table_rows(out)
-    assert [r[0] for r in rows] == ["1x16", "2x24"]
+    assert [r[0] for r in rows] == ["1x16 padded", "1x16 packed", "2x24 padded", "2x24 packed"]
     for r in rows:
         ours, bare, ratio = float(r[2]), float(r[3]), float(r[4].rstrip("%"))
         assert ours > 0 and bare > 0
