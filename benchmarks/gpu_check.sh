@@ -17,11 +17,11 @@
 # fewer launches per second of audio), after the `asr train` run. SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "packed padded");
 # TRAIN_LAYOUT: the one `asr train` runs (default padded). WARMUP: untimed steps first (default 15:
-# each loader worker's first batch is an eighth of max_frames, and there are 10 workers).
+# each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
 device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-60} max_frames=${MAX_FRAMES:-384000}
-steps=${STEPS:-30} warmup=${WARMUP:-15} workers=${WORKERS:-10} layouts=${LAYOUTS:-packed padded} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
+steps=${STEPS:-30} warmup=${WARMUP:-15} workers=${WORKERS:-12} layouts=${LAYOUTS:-packed padded} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
