@@ -82,7 +82,7 @@ class ModelConfig:
     # of each layer over the padded batch, the backward one on each sequence reversed within its length
     # (work on the padding, one GEMM shape). "packed": cuDNN over a PackedSequence (no work on the
     # padding, but a new GEMM shape at every time step). On an H100 (5 x 1024, bf16, 20% padding)
-    # padded trained at 9,262x real time and packed at 6,254x; on the CPU packed is ~1.7x slower.
+    # padded trained at 9,262x real time and packed at 6,254x; on the CPU packed is 1.7-2.9x slower.
     lstm_layout: str = "padded"
 
 

@@ -42,6 +42,14 @@ def test_train_throughput_reports_ours_beside_the_bare_lstm(train_shards):
         assert r[7:] == ["n/a", "n/a"]  # syncs and peak memory: GPU only
 
 
+def test_lstm_step_times_each_layout():
+    out = run_script("benchmarks/lstm_step.py", "--hidden", "8", "--layers", "2", "--batch", "3", "--seconds", "0.5",
+                     "--repeats", "2", "--threads", "1", "--lstm-layouts", "padded", "packed")
+    rows = table_rows(out)
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("2x8", "padded", "3", "50"), ("2x8", "packed", "3", "50")]
+    assert all(float(r[4]) > 0 for r in rows)
+
+
 def test_label_cost_times_both_tokenizers(train_shards):
     out = run_script("benchmarks/label_cost.py", "--shards", *train_shards, "--utts", "5", "--join", "2",
                      "--repeats", "2")
