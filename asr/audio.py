@@ -64,8 +64,14 @@ def trim_silence(wav: torch.Tensor, sample_rate: int = 16000, top_db: float = 40
     return wav[max(0, start - margin) : min(wav.shape[0], end + margin)]
 
 
-def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | None = None) -> torch.Tensor:
-    """Read an audio file (or its bytes) as mono float32 at ``target_rate``; shape (samples,)."""
+def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | None = None,
+               pcm16: bool = False) -> torch.Tensor:
+    """Read an audio file (or its bytes) as mono float32 at ``target_rate``; shape (samples,).
+
+    ``pcm16``: int16 samples instead (float x 32768, rounded). A mono 16-bit file at ``target_rate``
+    (what ``asr shard`` writes) is then decoded straight to int16, skipping a float pass each way:
+    a loader worker spends most of its time decoding.
+    """
     name = name or (str(path) if not isinstance(path, bytes) else "<bytes>")
     if not isinstance(path, bytes) and not Path(path).is_file():
         raise AudioError(f"{name}: file not found")
@@ -74,12 +80,26 @@ def load_audio(path: str | Path | bytes, target_rate: int = 16000, name: str | N
         raise AudioError(f"{name}: empty file (0 bytes)")
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
     try:
-        data, rate = sf.read(source, dtype="float32", always_2d=False)
+        with sf.SoundFile(source) as f:
+            if pcm16 and f.subtype == "PCM_16" and f.channels == 1 and f.samplerate == target_rate:
+                data = f.read(dtype="int16")
+                if data.size == 0:
+                    raise AudioError(f"{name}: no samples (empty audio)")
+                return torch.from_numpy(data)
+            data, rate = f.read(dtype="float32", always_2d=False), f.samplerate
     except FileNotFoundError as e:
         raise AudioError(f"{name}: file not found") from e
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        if isinstance(e, AudioError):
+            raise
         raise AudioError(f"{name}: cannot decode audio ({decode_reason(e)})") from e
-    return to_mono_16k(data, rate, target_rate, name)
+    wav = to_mono_16k(data, rate, target_rate, name)
+    return to_pcm16(wav) if pcm16 else wav
+
+
+def to_pcm16(wav: torch.Tensor) -> torch.Tensor:
+    """float samples (any shape) -> int16, x 32768 rounded and clipped (lossless for 16-bit sources)."""
+    return (wav * 32768).round_().clamp_(-32768, 32767).to(torch.int16)
 
 
 def audio_duration(path: str | Path) -> float:

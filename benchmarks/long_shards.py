@@ -30,8 +30,7 @@ CLIPS: list[tuple[np.ndarray, str]] = []  # (samples int16, text), shared with t
 def load_clips(shards: list[str]) -> list[tuple[np.ndarray, str]]:
     """Every sample of ``shards`` as (int16 samples, transcript)."""
     reader = ShardBatches(shards, max_frames=1, max_batch=1, shuffle=False)
-    return [(np.clip(np.round(s.wav.numpy() * 32768), -32768, 32767).astype(np.int16), s.text)
-            for s in reader.samples(shards)]
+    return [(s.wav.numpy(), s.text) for s in reader.samples(shards, pcm16=True)]
 
 
 def target_seconds(rng: random.Random) -> float:

@@ -152,3 +152,31 @@ def test_trim_silence_cuts_the_quiet_ends_and_keeps_a_margin():
     # silence alone, or audio without quiet ends, is left as it is
     assert torch.equal(trim_silence(torch.zeros(sr), sr), torch.zeros(sr))
     assert trim_silence(tone, sr).shape[0] >= sr - 400
+
+
+@pytest.mark.parametrize("rate, channels, subtype, fmt", [
+    (16000, 1, "PCM_16", "FLAC"),   # what shards hold: decoded straight to int16
+    (8000, 1, "PCM_16", "WAV"),     # resampled first
+    (16000, 2, "PCM_16", "FLAC"),   # mixed down first
+    (16000, 1, "PCM_24", "FLAC"),   # more bits than int16 keeps
+    (16000, 1, "FLOAT", "WAV"),
+])
+def test_pcm16_is_the_float_samples_quantized_whatever_the_file(tmp_path, rate, channels, subtype, fmt):
+    """load_audio(pcm16=True) gives round(float x 32768) of what load_audio gives, by either route."""
+    from asr.audio import to_pcm16
+    path = tmp_path / f"a.{fmt.lower()}"
+    write_audio(path, 0.3, rate=rate, channels=channels, subtype=subtype, fmt=fmt)
+    pcm = load_audio(path.read_bytes(), name="a", pcm16=True)
+    assert pcm.dtype == torch.int16 and pcm.ndim == 1
+    assert torch.equal(pcm, to_pcm16(load_audio(path)))
+
+
+def test_pcm16_still_refuses_nan_and_empty_audio(tmp_path):
+    nan = tmp_path / "nan.wav"
+    sf.write(str(nan), np.array([0.1, np.nan, 0.2], np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan\.wav: contains NaN or Inf"):
+        load_audio(nan, pcm16=True)
+    empty = tmp_path / "empty.flac"
+    sf.write(str(empty), np.zeros(0, np.int16), 16000, format="FLAC", subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"empty\.flac: (no samples|empty file)"):
+        load_audio(empty, pcm16=True)

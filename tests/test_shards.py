@@ -333,3 +333,15 @@ def test_resolve_shards_globs_absolute_and_relative_patterns_sorted(corpus, monk
         resolve_shards("out/dev-*.tar")
     with pytest.raises(FileNotFoundError, match="no shards match"):
         resolve_shards(str(root / "out" / "dev-*.tar"))
+
+
+def test_pad_batch_takes_int16_and_float_samples_alike():
+    """The training stream's samples are int16, evaluation's float32: either pads to the same batch."""
+    from asr.audio import to_pcm16
+    f = [torch.tensor([0.5, -0.25, 0.0]), torch.tensor([1.0 - 2**-15, -1.0])]
+    mixed = [Sample("a", f[0], "A", None), Sample("b", to_pcm16(f[1]), "B", None)]
+    floats = [Sample("a", f[0], "A", None), Sample("b", f[1], "B", None)]
+    for int16 in (True, False):
+        got, want = pad_batch(mixed, int16=int16), pad_batch(floats, int16=int16)
+        assert got["wav"].dtype == (torch.int16 if int16 else torch.float32)
+        assert torch.equal(got["wav"], want["wav"]) and torch.equal(got["lengths"], torch.tensor([3, 2]))

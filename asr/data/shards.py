@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from asr.audio import AudioError, load_audio
+from asr.audio import AudioError, load_audio, to_pcm16
 from asr.data.manifest import ManifestError, Utterance
 
 log = logging.getLogger(__name__)
@@ -163,18 +163,19 @@ def resolve_shards(spec: str | list[str]) -> list[str]:
 @dataclass
 class Sample:
     id: str
-    wav: Tensor  # (S,) float32, 16 kHz
+    wav: Tensor  # (S,) 16 kHz: float32, or int16 (16-bit PCM) in the training batches' stream
     text: str
     speaker: str | None
 
 
-def decode_sample(raw: dict) -> Sample:
-    """A raw tar sample (bytes per extension) -> Sample; raises AudioError naming the shard and key."""
+def decode_sample(raw: dict, pcm16: bool = False) -> Sample:
+    """A raw tar sample (bytes per extension) -> Sample (int16 samples with ``pcm16``); raises
+    AudioError naming the shard and key."""
     where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
     if "json" not in raw or "flac" not in raw:
         raise AudioError(f"{where}: sample lacks its .flac or .json member")
     meta = json.loads(raw["json"])
-    wav = load_audio(raw["flac"], name=where)
+    wav = load_audio(raw["flac"], name=where, pcm16=pcm16)
     return Sample(meta["id"], wav, meta["text"], meta.get("speaker"))
 
 
@@ -217,7 +218,7 @@ def shuffled(items: Iterator, bufsize: int, rng: random.Random, initial: int | N
 
 
 def pad_batch(samples: list[Sample], int16: bool = False) -> dict:
-    """Samples -> {"ids", "texts", "speakers", "wav" (B, S max) zero-padded, "lengths" (B,)}.
+    """Samples (float32 or int16) -> {"ids", "texts", "speakers", "wav" (B, S max) zero-padded, "lengths" (B,)}.
 
     ``int16``: "wav" as 16-bit PCM (lossless for shard audio, which is 16-bit FLAC): half the bytes
     to pass from loader workers, pin and copy to the GPU; ``LogMel`` takes either.
@@ -225,7 +226,10 @@ def pad_batch(samples: list[Sample], int16: bool = False) -> dict:
     lengths = torch.tensor([s.wav.shape[0] for s in samples], dtype=torch.long)
     wav = torch.zeros(len(samples), int(lengths.max()) if samples else 0, dtype=torch.int16 if int16 else torch.float32)
     for i, s in enumerate(samples):
-        wav[i, : s.wav.shape[0]] = (s.wav * 32768).round_().clamp_(-32768, 32767) if int16 else s.wav
+        if int16:
+            wav[i, : s.wav.shape[0]] = s.wav if s.wav.dtype == torch.int16 else to_pcm16(s.wav)
+        else:
+            wav[i, : s.wav.shape[0]] = s.wav / 32768 if s.wav.dtype == torch.int16 else s.wav
     return {"ids": [s.id for s in samples], "texts": [s.text for s in samples],
             "speakers": [s.speaker for s in samples], "wav": wav, "lengths": lengths}
 
@@ -320,9 +324,9 @@ class ShardBatches(IterableDataset):
         mine = order[self.rank :: self.world]
         return mine[worker::num_workers]
 
-    def samples(self, shards: list[str], rng: random.Random | None = None) -> Iterator[Sample]:
-        """Decoded samples of ``shards``, shuffled through a ``shuffle_buffer`` with ``rng`` if given;
-        each one skipped is recorded in ``self.problems``."""
+    def samples(self, shards: list[str], rng: random.Random | None = None, pcm16: bool = False) -> Iterator[Sample]:
+        """Decoded samples of ``shards`` (int16 with ``pcm16``), shuffled through a ``shuffle_buffer``
+        with ``rng`` if given; each one skipped is recorded in ``self.problems``."""
 
         reported: set[str] = set()
 
@@ -341,7 +345,7 @@ class ShardBatches(IterableDataset):
             raw = shuffled(raw, self.shuffle_buffer, rng, initial=min(200, self.shuffle_buffer))
         for r in raw:
             try:
-                s = decode_sample(r)
+                s = decode_sample(r, pcm16)
             except (AudioError, ValueError, KeyError) as e:
                 log.warning("skipped: %s", e)
                 self.problems.append(str(e))
@@ -358,7 +362,7 @@ class ShardBatches(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         self.problems: list[str] = []
         rng = random.Random(self.seed + 1000 * self.epoch + 7 * worker + 100003 * self.rank)
-        stream = self.samples(self.my_shards(worker, num_workers), rng if self.shuffle else None)
+        stream = self.samples(self.my_shards(worker, num_workers), rng if self.shuffle else None, pcm16=True)
         # A small first batch: a full one waits until one bucket holds max_frames of audio (an hour
         # at the large config), which kept an H100 idle for 14-15 s at the start of every epoch.
         batches = bucket_batches(stream, self.max_frames, self.max_batch, self.edges,
