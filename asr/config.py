@@ -204,6 +204,12 @@ _POSITIVE: Rule = ((lambda v: v > 0), "> 0")
 # Ranges of the fields where a bad value would otherwise fail deep in training (a ZeroDivisionError, a
 # SentencePiece traceback) or silently do nothing (epochs=-1). Every test is written so that NaN fails
 # it. Fields where 0 means "off" (max_minutes, num_workers, threads, cmvn_utts, ...) allow 0.
+# Keys that say how the same weights run, not what they are: --resume takes a change of them, and
+# model packages leave them out (so the reader's own default and speed apply, and older readers
+# that do not know the key still load the package).
+RUN_KEYS = ("model.lstm_layout",)
+
+
 RULES: dict[str, Rule] = {
     "features.sample_rate": _at_least(1),
     "features.n_mels": _at_least(1),

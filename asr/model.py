@@ -41,6 +41,8 @@ def reverse_within(x: Tensor, lengths: Tensor, time_dim: int = 1) -> Tensor:
     """x (B, T, D), or (T, B, D) with ``time_dim=0``, -> the same shape with each sequence's first
     ``lengths[b]`` frames in reverse order and its padding left in place (so applying it twice gives
     x back)."""
+    if time_dim not in (0, 1):
+        raise ValueError(f"reverse_within: time_dim must be 0 or 1, got {time_dim}")
     t = torch.arange(x.shape[time_dim], device=x.device)
     n = lengths.to(x.device)
     t, n = (t[None, :], n[:, None]) if time_dim == 1 else (t[:, None], n[None, :])

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from asr import __version__
-from asr.config import FeatureConfig, ModelConfig, from_dict, to_dict
+from asr.config import RUN_KEYS, FeatureConfig, ModelConfig, from_dict, to_dict
 from asr.files import atomic_file
 from asr.model import AcousticModel
 from asr.text import Tokenizer, tokenizer_from_state
@@ -89,6 +89,11 @@ def state_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A model config's keys without ``RUN_KEYS`` (how the weights run is the reader's choice)."""
+    return {k: v for k, v in cfg.items() if f"model.{k}" not in RUN_KEYS}
+
+
 def save_package(path: str | Path, model: AcousticModel, features: FeatureConfig, cmvn_mean: torch.Tensor,
                  cmvn_std: torch.Tensor, tokenizer: Tokenizer, meta: dict[str, Any] | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -97,7 +102,7 @@ def save_package(path: str | Path, model: AcousticModel, features: FeatureConfig
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "asr_version": __version__,
-            "model_config": to_dict(model.cfg),
+            "model_config": model_settings(to_dict(model.cfg)),
             "n_mels": model.n_mels,
             "vocab_size": model.vocab_size,
             "feature_config": to_dict(features),
@@ -138,7 +143,7 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
     try:
         if _weights_digest(data["state_dict"]) != data.get("sha256"):
             raise PackageError(f"{path}: model weights do not match their checksum (corrupt package)")
-        model_cfg = from_dict(ModelConfig, data["model_config"])
+        model_cfg = from_dict(ModelConfig, model_settings(data["model_config"]))
         model = AcousticModel(model_cfg, data["n_mels"], data["vocab_size"])
         model.load_state_dict(data["state_dict"])
         model.to(device).eval()

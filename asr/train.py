@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.config import ExperimentConfig, to_dict
+from asr.config import RUN_KEYS, ExperimentConfig, to_dict
 from asr.data.manifest import Utterance
 from asr.data.shards import ShardBatches, shard_metadata
 from asr.decode.greedy import GreedyDecoder
@@ -256,8 +256,6 @@ def validate(model: AcousticModel, frontend: FeatureExtractor, tokenizer: Tokeni
 
 # What a checkpoint's weights and tokenizer were made for; the rest (epochs, LR, batches) may change.
 FIXED_SECTIONS = ("model", "features", "tokenizer")
-# Keys of those sections that say how the same weights run, not what they are.
-FREE_KEYS = ("model.lstm_layout",)
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
@@ -267,7 +265,7 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     for section in FIXED_SECTIONS:
         old, new = saved.get(section, {}), now.get(section, {})
         for key in sorted(set(old) & set(new)):
-            if old[key] != new[key] and f"{section}.{key}" not in FREE_KEYS:
+            if old[key] != new[key] and f"{section}.{key}" not in RUN_KEYS:
                 out.append(f"{section}.{key} is {new[key]!r} here, {old[key]!r} in the checkpoint")
     return out
 

@@ -57,12 +57,12 @@ cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
 
 if [ -n "${EXTRA_FRAMES:-}" ]; then
   stage "training throughput, max_frames $EXTRA_FRAMES"
-  timeout 120 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
+  timeout 240 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
       --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" 2>&1 \
       | tee "$out/throughput_frames_$EXTRA_FRAMES.md"
 fi
 
-[ "$device" = cuda ] && [ -n "${SMALL:-}" ] && timeout 90 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
+[ "$device" = cuda ] && [ -n "${SMALL:-}" ] && timeout 180 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
     --sizes 4x320 --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
     | tee "$out/throughput_4x320.md"
 

@@ -137,12 +137,13 @@ def test_a_batch_labelled_beforehand_gives_the_same_loss_and_counts():
     assert sa == sb and here == there and here.infeasible == 2
 
 
-def test_the_forward_pass_reads_nothing_back_from_the_device(monkeypatch):
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_the_forward_pass_reads_nothing_back_from_the_device(monkeypatch, layout):
     """On a GPU every value read back (``.item()``, ``.cpu()``, a blocking copy) stalls the host until
     the queued work is done, and the GPU then idles while the host launches the next kernels. On the
     meta device any such read fails (blocking host-to-device copies are not caught: the step makes
     them through features.to_device), so the whole training forward pass (features, SpecAugment,
-    subsampling, the packed LSTM path a GPU takes) runs there; the CTC loss, which has no meta kernel,
+    subsampling, either LSTM layout) runs there; the CTC loss, which has no meta kernel,
     is checked to get its lengths on the host."""
     meta = torch.device("meta")
     real_autocast = torch.autocast
@@ -157,7 +158,8 @@ def test_the_forward_pass_reads_nothing_back_from_the_device(monkeypatch):
     monkeypatch.setattr(F, "ctc_loss", ctc_loss)
     tok = CharTokenizer()
     frontend = FeatureExtractor(FeatureConfig(n_mels=20), SpecAugConfig()).to(meta).train()
-    model = AcousticModel(ModelConfig(hidden=16, layers=2, dropout=0.1), 20, tok.vocab_size).to(meta).train()
+    model = AcousticModel(ModelConfig(hidden=16, layers=2, dropout=0.1, lstm_layout=layout), 20,
+                          tok.vocab_size).to(meta).train()
     batch = make_batch([("HELLO", 8000), ("AB BA", 6400), ("ABCD", 800)])  # the last one is infeasible
     batch["means"] = torch.zeros(3, 20)
     loss, stats = compute_loss(model, frontend, batch, tok, meta, False, Counters())
