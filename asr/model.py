@@ -37,17 +37,37 @@ def pack_index(lengths: Tensor, total: int) -> tuple[Tensor, Tensor]:
     return order[rank] * total + step, valid.sum(1)[: int(ordered[0])]
 
 
-def reverse_within(x: Tensor, lengths: Tensor, time_dim: int = 1) -> Tensor:
-    """x (B, T, D), or (T, B, D) with ``time_dim=0``, -> the same shape with each sequence's first
-    ``lengths[b]`` frames in reverse order and its padding left in place (so applying it twice gives
-    x back)."""
-    if time_dim not in (0, 1):
-        raise ValueError(f"reverse_within: time_dim must be 0 or 1, got {time_dim}")
-    t = torch.arange(x.shape[time_dim], device=x.device)
-    n = lengths.to(x.device)
-    t, n = (t[None, :], n[:, None]) if time_dim == 1 else (t[:, None], n[None, :])
-    idx = torch.where(t < n, n - 1 - t, t)
-    return x.gather(time_dim, idx[..., None].expand_as(x))
+def reversal_index(lengths: Tensor, total: int) -> Tensor:
+    """Rows of a time-major (``total``, B, D) batch flattened to (total * B, D), in the order that
+    reverses each sequence's first ``lengths[b]`` frames and leaves its padding in place: (total * B,),
+    on the device of ``lengths``. The order is its own inverse (taking it twice gives x back)."""
+    b = lengths.numel()
+    t = torch.arange(total, device=lengths.device)[:, None]
+    n = lengths[None, :]
+    return (torch.where(t < n, n - 1 - t, t) * b + torch.arange(b, device=lengths.device)).reshape(-1)
+
+
+class _Reverse(torch.autograd.Function):
+    """x (N, D) -> its rows in the order ``index`` (N,), an order that is its own inverse, so the
+    gradient is taken the same way: one more row gather, where ``index_select``'s own backward adds
+    rows into zeros with atomics."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None
+
+
+def reverse_within(x: Tensor, index: Tensor) -> Tensor:
+    """x (T, B, D) time-major -> the same shape with each sequence reversed within its length, as
+    ``index = reversal_index(lengths, T)`` orders it (padding left in place)."""
+    t, b, d = x.shape
+    return _Reverse.apply(x.reshape(t * b, d), index).view(t, b, d)
 
 
 class ConvSubsampling(nn.Module):
@@ -88,7 +108,24 @@ class Conv1dSubsampling(nn.Module):
         return x * length_mask(lengths, x.shape[1])[..., None], lengths
 
 
+def _side_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """A second CUDA stream on ``device`` (one per device, made once); None off a GPU."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(index)
+    return _SIDE_STREAMS[index]
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
 class AcousticModel(nn.Module):
+    # Whether the padded layout runs the two directions of a layer on two CUDA streams (benchmarks
+    # turn it off to compare; it changes nothing off a GPU).
+    overlap_directions = True
+
     def __init__(self, cfg: ModelConfig, n_mels: int, vocab_size: int):
         super().__init__()
         self.cfg = cfg
@@ -165,11 +202,15 @@ class AcousticModel(nn.Module):
     def _lstm_padded(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T', H) -> (B, T', 2H), zero past each length: ``self.lstm`` one direction at a time,
         time-major inside (cuDNN's layout: batch-first input costs a transpose each way per call, which
-        on an H100 were ~120 copies in three steps of the 5 x 1024 model)."""
+        on an H100 were ~120 copies in three steps of the 5 x 1024 model). On a GPU the backward
+        direction runs on a second CUDA stream, so the two recurrences overlap as they do inside a
+        bidirectional cuDNN call (autograd runs each backward on its forward's stream)."""
         lstm = self.lstm
         lengths = lengths.to(x.device)
-        x = x.transpose(0, 1)  # (T', B, H)
+        x = x.transpose(0, 1).contiguous()  # (T', B, H)
+        index = reversal_index(lengths, x.shape[0])
         z = x.new_zeros(1, x.shape[1], lstm.hidden_size)
+        side = _side_stream(x.device) if self.overlap_directions else None
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         for k in range(lstm.num_layers):
             if k > 0:
@@ -177,9 +218,21 @@ class AcousticModel(nn.Module):
             fwd = [getattr(lstm, f"{n}_l{k}") for n in names]
             bwd = [getattr(lstm, f"{n}_l{k}_reverse") for n in names]
             # torch.lstm(input, (h0, c0), params, has_biases, layers, dropout, train, bidirectional, batch_first)
-            y_f = torch.lstm(x, (z, z), fwd, True, 1, 0.0, self.training, False, False)[0]
-            y_b = torch.lstm(reverse_within(x, lengths, 0), (z, z), bwd, True, 1, 0.0, self.training, False, False)[0]
-            x = torch.cat([y_f, reverse_within(y_b, lengths, 0)], dim=2)
+            if side is None:
+                y_f = torch.lstm(x, (z, z), fwd, True, 1, 0.0, self.training, False, False)[0]
+                y_b = torch.lstm(reverse_within(x, index), (z, z), bwd, True, 1, 0.0, self.training, False, False)[0]
+            else:
+                main = torch.cuda.current_stream(x.device)
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    y_b = torch.lstm(reverse_within(x, index), (z, z), bwd, True, 1, 0.0, self.training, False, False)[0]
+                y_f = torch.lstm(x, (z, z), fwd, True, 1, 0.0, self.training, False, False)[0]
+                main.wait_stream(side)
+                # Memory made on one stream and used on the other is not reused before both are done.
+                for t in (x, z, index):
+                    t.record_stream(side)
+                y_b.record_stream(main)
+            x = torch.cat([y_f, reverse_within(y_b, index)], dim=2)
         return (x * length_mask(lengths, x.shape[0]).T[..., None].to(x.dtype)).transpose(0, 1)
 
     def num_params(self) -> int:

@@ -225,3 +225,40 @@ def test_lstm_layout_picks_the_path_and_both_give_the_same_log_probs(monkeypatch
     assert used == ["_lstm_packed", "_lstm_padded"]
     mask = length_mask(out_len, outs["packed"].shape[1])
     torch.testing.assert_close(outs["packed"][mask], outs["padded"][mask], atol=1e-5, rtol=1e-4)
+
+
+def test_reverse_within_reverses_each_sequence_and_its_gradient():
+    """The padded layout's reversal: each sequence's valid frames reversed, padding left in place,
+    twice gives x back, and its custom backward (a gather, not index_select's scatter) is the true
+    gradient."""
+    from asr.model import reversal_index, reverse_within
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 2, 7, 1])
+    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)  # (T, B, D)
+    index = reversal_index(lengths, 7)
+    y = reverse_within(x, index)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.equal(y[:n, b], x[:n, b].flip(0))
+        assert torch.equal(y[n:, b], x[n:, b])
+    assert torch.equal(reverse_within(y, index), x)
+    assert torch.autograd.gradcheck(lambda t: reverse_within(t, index), (x,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the two-stream path runs only there")
+def test_two_stream_padded_lstm_equals_one_stream_on_a_gpu():
+    """On a GPU the padded layout runs a layer's backward direction on a second CUDA stream; log-probs
+    and every gradient must equal the one-stream run's."""
+    torch.manual_seed(0)
+    model = AcousticModel(ModelConfig(hidden=64, layers=3, dropout=0.0), N_MELS, 7).cuda().train()
+    feats = torch.randn(5, 90, N_MELS, device="cuda")
+    lengths = torch.tensor([90, 41, 77, 5, 60])
+    runs = []
+    for overlap in (False, True):
+        model.overlap_directions = overlap
+        model.zero_grad()
+        log_probs, _ = model(feats, lengths)
+        (log_probs * torch.linspace(-1, 1, 7, device="cuda")).sum().backward()
+        runs.append((log_probs.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b)
