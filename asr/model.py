@@ -108,24 +108,7 @@ class Conv1dSubsampling(nn.Module):
         return x * length_mask(lengths, x.shape[1])[..., None], lengths
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream | None:
-    """A second CUDA stream on ``device`` (one per device, made once); None off a GPU."""
-    if device.type != "cuda":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SIDE_STREAMS:
-        _SIDE_STREAMS[index] = torch.cuda.Stream(index)
-    return _SIDE_STREAMS[index]
-
-
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
-
-
 class AcousticModel(nn.Module):
-    # Whether the padded layout runs the two directions of a layer on two CUDA streams (benchmarks
-    # turn it off to compare; it changes nothing off a GPU).
-    overlap_directions = True
-
     def __init__(self, cfg: ModelConfig, n_mels: int, vocab_size: int):
         super().__init__()
         self.cfg = cfg
@@ -202,15 +185,14 @@ class AcousticModel(nn.Module):
     def _lstm_padded(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T', H) -> (B, T', 2H), zero past each length: ``self.lstm`` one direction at a time,
         time-major inside (cuDNN's layout: batch-first input costs a transpose each way per call, which
-        on an H100 were ~120 copies in three steps of the 5 x 1024 model). On a GPU the backward
-        direction runs on a second CUDA stream, so the two recurrences overlap as they do inside a
-        bidirectional cuDNN call (autograd runs each backward on its forward's stream)."""
+        on an H100 were ~120 copies in three steps of the 5 x 1024 model). (Running the backward
+        direction on a second CUDA stream, to overlap the two as a bidirectional cuDNN call does, was
+        measured on an H100 and gained nothing: benchmarks/RESULTS.md.)"""
         lstm = self.lstm
         lengths = lengths.to(x.device)
         x = x.transpose(0, 1).contiguous()  # (T', B, H)
         index = reversal_index(lengths, x.shape[0])
         z = x.new_zeros(1, x.shape[1], lstm.hidden_size)
-        side = _side_stream(x.device) if self.overlap_directions else None
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         for k in range(lstm.num_layers):
             if k > 0:
@@ -218,20 +200,8 @@ class AcousticModel(nn.Module):
             fwd = [getattr(lstm, f"{n}_l{k}") for n in names]
             bwd = [getattr(lstm, f"{n}_l{k}_reverse") for n in names]
             # torch.lstm(input, (h0, c0), params, has_biases, layers, dropout, train, bidirectional, batch_first)
-            if side is None:
-                y_f = torch.lstm(x, (z, z), fwd, True, 1, 0.0, self.training, False, False)[0]
-                y_b = torch.lstm(reverse_within(x, index), (z, z), bwd, True, 1, 0.0, self.training, False, False)[0]
-            else:
-                main = torch.cuda.current_stream(x.device)
-                side.wait_stream(main)
-                with torch.cuda.stream(side):
-                    y_b = torch.lstm(reverse_within(x, index), (z, z), bwd, True, 1, 0.0, self.training, False, False)[0]
-                y_f = torch.lstm(x, (z, z), fwd, True, 1, 0.0, self.training, False, False)[0]
-                main.wait_stream(side)
-                # Memory made on one stream and used on the other is not reused before both are done.
-                for t in (x, z, index):
-                    t.record_stream(side)
-                y_b.record_stream(main)
+            y_f = torch.lstm(x, (z, z), fwd, True, 1, 0.0, self.training, False, False)[0]
+            y_b = torch.lstm(reverse_within(x, index), (z, z), bwd, True, 1, 0.0, self.training, False, False)[0]
             x = torch.cat([y_f, reverse_within(y_b, index)], dim=2)
         return (x * length_mask(lengths, x.shape[0]).T[..., None].to(x.dtype)).transpose(0, 1)
 

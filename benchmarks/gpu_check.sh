@@ -16,7 +16,8 @@
 # EXTRA_FRAMES=N: also measure ours and the bare LSTM at a second frame budget (bigger batches,
 # fewer launches per second of audio), after the `asr train` run. SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "packed padded");
-# TRAIN_LAYOUT: the one `asr train` runs (default padded). WARMUP: untimed steps first (default 15:
+# TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
+# MAX_FRAMES). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
@@ -51,14 +52,14 @@ stage "asr train, large config"
 rm -rf "$work/exp"
 timeout 150 $py -m asr train --config conf/large.yaml --train "$work/long/train.index.json" --exp "$work/exp" \
     --device "$device" train.epochs=1 train.max_minutes="$train_minutes" train.log_every=5 \
-    train.max_frames="$max_frames" train.num_workers="$workers" model.lstm_layout="${TRAIN_LAYOUT:-padded}" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
+    train.max_frames="${TRAIN_FRAMES:-$max_frames}" train.num_workers="$workers" model.lstm_layout="${TRAIN_LAYOUT:-padded}" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
     | tail -40 | tee "$out/train.log"
 cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
 
 if [ -n "${EXTRA_FRAMES:-}" ]; then
   stage "training throughput, max_frames $EXTRA_FRAMES"
   timeout 240 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
-      --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" 2>&1 \
+      --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" --profile "$out/profile_$EXTRA_FRAMES.txt" 2>&1 \
       | tee "$out/throughput_frames_$EXTRA_FRAMES.md"
 fi
 

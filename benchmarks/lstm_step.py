@@ -1,15 +1,14 @@
 """The acoustic model's forward + backward on one fixed random batch, without data loading.
 
 For comparing ways of running the same model (``--lstm-layouts``, or two checkouts of ``asr`` put
-first on PYTHONPATH in turn) where the loader's noise would hide a few per cent. "padded-serial" is
-the padded layout with both directions on one CUDA stream (the same as "padded" off a GPU); "bare" is
+first on PYTHONPATH in turn) where the loader's noise would hide a few per cent. "bare" is
 a bidirectional ``nn.LSTM`` of the model's size alone, forward + backward over the padded batch at
 the model's LSTM shape, the yardstick of ``train_throughput.py``. Prints a Markdown table: the median
 over ``--repeats`` timed runs after two warm-up ones.
 
     python benchmarks/lstm_step.py --hidden 256 --layers 2 --stride 3 --batch 10 --seconds 5 --threads 1
     python benchmarks/lstm_step.py --hidden 1024 --layers 5 --stride 4 --batch 256 --seconds 12 \
-        --device cuda --bf16 --lstm-layouts bare padded padded-serial packed
+        --device cuda --bf16 --lstm-layouts bare padded packed
 """
 from __future__ import annotations
 
@@ -48,7 +47,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=3)
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--seconds", type=float, default=5.0, help="the longest utterance; the others 80-100%% of it")
-    p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "padded-serial", "packed", "bare"])
+    p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "packed", "bare"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, as training on a GPU")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=0)
@@ -72,8 +71,7 @@ def main() -> None:
                             device=device)
             ms = time_step(lambda _f, _l: lstm(x), feats, lengths, args.repeats, args.bf16)
         else:
-            model = AcousticModel(dataclasses.replace(cfg, lstm_layout=layout.split("-")[0]), 80, 30).to(device).train()
-            model.overlap_directions = layout != "padded-serial"
+            model = AcousticModel(dataclasses.replace(cfg, lstm_layout=layout), 80, 30).to(device).train()
             ms = time_step(model, feats, lengths, args.repeats, args.bf16)
         print(f"| {args.layers}x{args.hidden} | {layout} | {args.batch} | {frames} | {ms:.0f} |", flush=True)
 
