@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md in one run (about six minutes on one H100):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set;
+#   1b. benchmarks/step_parts.py: the step built up part by part on one fixed batch (where the gap
+#       to the bare LSTM goes), at PARTS_BATCHES utterances of 13 s (default "295 590": the batches of
+#       max_frames 384,000 and 768,000);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM;
 #   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   4. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
@@ -35,6 +38,14 @@ stage "machine"
 
 stage "LibriSpeech-length shards"
 timeout 120 $py benchmarks/long_shards.py --src "$src" --out "$work/long" --hours "$hours" 2>&1 | tee "$out/long_shards.log"
+
+if [ "$device" = cuda ]; then
+  stage "step parts"
+  for b in ${PARTS_BATCHES:-295 590}; do
+    timeout 120 $py benchmarks/step_parts.py --hidden 1024 --layers 5 --batch "$b" --seconds 13 --device cuda --bf16 \
+        --lstm-layout "${TRAIN_LAYOUT:-padded}" 2>&1 | tee -a "$out/step_parts.md"
+  done
+fi
 
 if [ -n "${BEFORE:-}" ]; then
   stage "training throughput, $BEFORE"

@@ -1,0 +1,153 @@
+"""The training step built up part by part on one fixed batch, beside the bare cuDNN LSTM.
+
+``train_throughput.py`` says how far a real step is from the bare ``nn.LSTM`` forward + backward at
+the same shapes; this says which part of the step costs the difference. Each row adds one part to
+the row above and is timed the same way (forward + backward, a sync after each run, the median of
+``--repeats`` after two warm-up runs), without the loader's noise:
+
+1. bare: a bidirectional ``nn.LSTM`` of the model's size over the model's LSTM input shape;
+2. model: the acoustic model (subsampling, BiLSTM in ``--lstm-layout``, head, log-softmax) on
+   ready features, the summed log-probs as the loss;
+3. + CTC loss: fp32 CTC on its log-probs instead (torch's CUDA CTC copies its lengths to the GPU
+   with a wait each time);
+4. + features: log-mels, CMVN and SpecAugment from 16-bit audio already on the device
+   (``asr.train.compute_loss``, as ``asr train`` calls it);
+5. + optimizer: the rest of the step (gradient norm clipping, the one read of loss and norm, fused
+   AdamW on a GPU);
+6. + copies: the batch starting in pinned host memory, as the loader hands it over.
+
+The last column is the bare row's time over the row's: what ``train_throughput.py``'s "ours / bare"
+would be if this part were all of the gap.
+
+    python benchmarks/step_parts.py --hidden 64 --layers 2 --batch 8 --seconds 4 --threads 2   # CPU
+    python benchmarks/step_parts.py --hidden 1024 --layers 5 --batch 295 --seconds 13 --device cuda --bf16
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
+from asr.features import FeatureExtractor, frame_lengths, to_device
+from asr.model import AcousticModel, subsampled_lengths
+from asr.text import CharTokenizer
+from asr.train import Counters, compute_loss
+
+
+def median_ms(run: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Median wall ms of ``run()`` followed by a device sync, after two untimed runs."""
+    times = []
+    for i in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def make_batch(b: int, seconds: float, vocab: int, stride: int, seed: int = 0) -> dict:
+    """A labelled batch as the loader's workers hand it over: ``b`` utterances of 16-bit noise, 80-100%
+    of ``seconds`` long (the first exactly), with random CTC-feasible targets of ~15 tokens a second."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * 16000)
+    lengths = torch.randint(int(0.8 * n), n + 1, (b,), generator=g)
+    lengths[0] = n
+    wav = (torch.randn(b, n, generator=g) * 3000).to(torch.int16)
+    wav *= (torch.arange(n)[None, :] < lengths[:, None]).to(torch.int16)
+    cfg = FeatureConfig()
+    frames = subsampled_lengths(frame_lengths(lengths, cfg), stride)
+    tlen = torch.minimum((lengths.float() / 16000 * 15).long(), frames // 2).clamp(min=1)
+    targets = torch.randint(1, vocab, (int(tlen.sum()),), generator=g)
+    return {"ids": [f"u{i}" for i in range(b)], "lengths": lengths, "wav": wav, "targets": targets,
+            "target_lengths": tlen, "dropped": []}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--stride", type=int, default=4)
+    p.add_argument("--lstm-layout", default="padded", choices=["padded", "packed"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=8.0, help="the longest utterance; the others 80-100%% of it")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast, as training on a GPU")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    tok = CharTokenizer()
+    cfg = ModelConfig(hidden=args.hidden, layers=args.layers, stride=args.stride, lstm_layout=args.lstm_layout)
+    model = AcousticModel(cfg, 80, tok.vocab_size).to(device).train()
+    frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+    host = make_batch(args.batch, args.seconds, tok.vocab_size, args.stride)
+    if device.type == "cuda":
+        host = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in host.items()}
+    on_device = {k: to_device(v, device) if k in ("wav", "targets") else v for k, v in host.items()}
+    with torch.no_grad():
+        feats, flen = frontend(on_device["wav"], to_device(host["lengths"], device))
+    flen_host = frame_lengths(host["lengths"], FeatureConfig()).clamp(max=feats.shape[1])
+    counters = Counters()
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)  # noqa: E731
+
+    bare = torch.nn.LSTM(args.hidden, args.hidden, args.layers, bidirectional=True, batch_first=True).to(device)
+    x = torch.randn(args.batch, int(subsampled_lengths(flen_host, args.stride).max()), args.hidden, device=device,
+                    requires_grad=True)
+
+    def run_bare() -> None:
+        with autocast():
+            y, _ = bare(x)
+        y.float().sum().backward()
+
+    def run_model(ctc: bool) -> None:
+        with autocast():
+            log_probs, out_len = model(feats, flen_host)
+        if ctc:
+            F.ctc_loss(log_probs.float().transpose(0, 1), on_device["targets"], out_len, host["target_lengths"],
+                       blank=0, reduction="sum").backward()
+        else:
+            log_probs.sum().backward()
+
+    def run_step(batch: dict, optimizer: bool) -> None:
+        loss, _ = compute_loss(model, frontend, batch, tok, device, args.bf16, counters)
+        loss.backward()
+        if optimizer:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            torch.stack([loss.detach().float(), norm.float()]).tolist()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    rows = [("bare nn.LSTM, forward + backward", run_bare),
+            (f"model ({args.lstm_layout}), summed log-probs", lambda: run_model(False)),
+            ("+ CTC loss", lambda: run_model(True)),
+            ("+ features and SpecAugment", lambda: run_step(on_device, False)),
+            ("+ gradient norm, read, optimizer", lambda: run_step(on_device, True)),
+            ("+ batch from pinned host memory", lambda: run_step(host, True))]
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; "
+          f"{args.layers}x{args.hidden}; batch {args.batch} x {args.seconds:g} s (LSTM input {tuple(x.shape)}); "
+          f"bf16 {args.bf16}; torch {torch.__version__}")
+    print("| part | median ms | bare / this |")
+    print("| --- | ---: | ---: |")
+    base = None
+    for name, run in rows:
+        ms = median_ms(run, device, args.repeats)
+        model.zero_grad(set_to_none=True)
+        base = base or ms
+        print(f"| {name} | {ms:.2f} | {100 * base / ms:.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
