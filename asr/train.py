@@ -7,6 +7,7 @@ clip, step, log) and ``validate`` (greedy dev WER), then ``save_checkpoint`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -324,11 +325,21 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM and Ctrl-C to the training process, which stops them after
-    its checkpoint (a worker killed first would break the batch the loop is waiting for)."""
+def init_loader_worker(worker_id: int, niceness: int = 0) -> None:
+    """A DataLoader worker leaves SIGTERM and Ctrl-C to the training process, which stops it after its
+    checkpoint (a worker killed first would break the batch the loop is waiting for), and lowers its
+    CPU priority by ``niceness``."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if niceness:
+        os.nice(niceness)
+
+
+# Training on a GPU, the loader workers run this much nicer than the training process: they fill a
+# prefetch queue with slack, while its threads launch the GPU's kernels, and the GPU idles for every
+# microsecond those are kept off a core. (On the CPU the training process's own threads do the
+# work and the workers must keep pace with them, so they share the cores equally.)
+GPU_LOADER_NICENESS = 10
 
 
 def train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance], exp_dir: str | Path,
@@ -404,7 +415,8 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     # resumed run would diverge from an uninterrupted one.
     loader = DataLoader(data, batch_size=None, num_workers=tc.num_workers, pin_memory=dev_t.type == "cuda",
                         prefetch_factor=4 if tc.num_workers else None, persistent_workers=False,
-                        generator=torch.Generator().manual_seed(tc.seed), worker_init_fn=ignore_stop_signals)
+                        generator=torch.Generator().manual_seed(tc.seed), worker_init_fn=functools.partial(
+                            init_loader_worker, niceness=GPU_LOADER_NICENESS if dev_t.type == "cuda" else 0))
     frontend = FeatureExtractor(cfg.features, cfg.specaug).to(dev_t)
     spk_means: dict[str, torch.Tensor] = {}
     if state:

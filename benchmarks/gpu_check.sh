@@ -18,21 +18,24 @@
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # EXTRA_FRAMES=N: also measure ours and the bare LSTM at a second frame budget (bigger batches,
 # fewer launches per second of audio), after the `asr train` run. SMALL=1: also the 4 x 320 model.
-# LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "packed padded");
+# LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
+# LOADERS: its loader set-ups, a row each (default "streamed preloaded": the second row's steps run
+# with the workers stopped, which shows what they cost the training process's host threads);
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
 device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-60} max_frames=${MAX_FRAMES:-384000}
-steps=${STEPS:-30} warmup=${WARMUP:-15} workers=${WORKERS:-12} layouts=${LAYOUTS:-packed padded} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
+steps=${STEPS:-30} warmup=${WARMUP:-15} workers=${WORKERS:-12} layouts=${LAYOUTS:-padded} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
 stage() { echo "== $1 ($(date -u +%FT%TZ))"; }
 
 stage "machine"
-{ nvidia-smi -L 2>/dev/null; nproc; free -g | head -2; df -h /dev/shm | tail -1
+{ nvidia-smi -L 2>/dev/null; nproc; lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|NUMA node\(s\))"
+  free -g | head -2; df -h /dev/shm | tail -1
   $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())"
 } 2>&1 | tee "$out/machine.txt"
 
@@ -55,8 +58,8 @@ if [ -n "${BEFORE:-}" ]; then
 fi
 
 stage "training throughput"
-timeout 240 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
-    --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" \
+timeout 360 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
+    --lstm-layouts $layouts --loaders ${LOADERS:-streamed preloaded} --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" \
     --device "$device" --profile "$out/profile.txt" 2>&1 | tee "$out/throughput.md"
 
 stage "asr train, large config"

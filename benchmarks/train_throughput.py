@@ -7,7 +7,9 @@ Markdown table: audio seconds per wall second (x real time), padding fraction, t
 time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
 host-device synchronisations per step (each one idles the GPU while the host catches up; with
 ``--profile``, where they come from) and the peak GPU memory of the training steps (what bounds
-``max_frames``).
+``max_frames``). ``--loaders streamed preloaded`` adds a row with the same batches read before the
+steps and the loader's workers stopped: what the workers cost the training process beside data wait
+(they share its cores).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -17,10 +19,13 @@ host-device synchronisations per step (each one idles the GPU while the host cat
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import statistics
 import time
 import warnings
 from collections import Counter
+from typing import Iterator
 
 import torch
 from torch.profiler import record_function
@@ -32,7 +37,7 @@ from asr.features import FeatureExtractor
 from asr.model import AcousticModel
 from asr.targets import Labeler
 from asr.text import CharTokenizer
-from asr.train import Counters, compute_loss
+from asr.train import GPU_LOADER_NICENESS, Counters, compute_loss, init_loader_worker
 
 
 def sync(device: torch.device) -> None:
@@ -40,7 +45,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(size: str, layout: str, shards: list[str], args, device: torch.device) -> dict:
+def run_ours(size: str, layout: str, preload: bool, shards: list[str], args, device: torch.device) -> dict:
     layers, hidden = (int(x) for x in size.split("x"))
     tok = CharTokenizer()
     cfg = ModelConfig(hidden=hidden, layers=layers, dropout=0.1, lstm_layout=layout)
@@ -49,9 +54,29 @@ def run_ours(size: str, layout: str, shards: list[str], args, device: torch.devi
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
     data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0)
     data.label = Labeler(tok, FeatureConfig(), model.cfg.stride)  # in the loader workers, as asr train does
+    niceness = args.worker_niceness if args.worker_niceness is not None else (
+        GPU_LOADER_NICENESS if device.type == "cuda" else 0)
     loader = DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if args.workers else None)
+                        prefetch_factor=4 if args.workers else None,
+                        worker_init_fn=functools.partial(init_loader_worker, niceness=niceness))
     counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
+
+    def stream() -> Iterator[dict]:
+        """The loader's batches, pass after pass (a small shard set runs out)."""
+        for epoch in itertools.count():
+            data.set_epoch(epoch)
+            empty = True
+            for batch in loader:
+                empty = False
+                yield batch
+            if empty:
+                return
+
+    source = stream()
+    if preload:  # every batch read first, then the loader's workers stopped: steps without them
+        batches = list(itertools.islice(source, args.warmup + args.steps + 6))
+        source.close()
+        source = iter(batches)
 
     def train_step(batch: dict) -> dict | None:
         """asr train's step; like it, one read from the device (loss and gradient norm) a step."""
@@ -73,17 +98,12 @@ def run_ours(size: str, layout: str, shards: list[str], args, device: torch.devi
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    epoch = 0
-    it = iter(loader)
     step = 0
     while step < args.warmup + args.steps:
         t0 = time.perf_counter()
-        batch = next(it, None)
-        if batch is None:  # a small shard set: start another pass
-            epoch += 1
-            data.set_epoch(epoch)
-            it = iter(loader)
-            continue
+        batch = next(source, None)
+        if batch is None:
+            raise SystemExit(f"train_throughput: the shards gave only {step} usable batches")
         t1 = time.perf_counter()
         stats = train_step(batch)
         if stats is None:
@@ -100,9 +120,9 @@ def run_ours(size: str, layout: str, shards: list[str], args, device: torch.devi
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    name = f"{size} {layout}"
-    syncs = count_syncs(train_step, it, name, args.profile) if device.type == "cuda" else None
-    busy = profile_steps(train_step, it, name, args.profile, device) if args.profile else None
+    name = f"{size} {layout}" + (", preloaded" if preload else "")
+    syncs = count_syncs(train_step, source, name, args.profile) if device.type == "cuda" else None
+    busy = profile_steps(train_step, source, name, args.profile, device) if args.profile else None
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
             "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak}
@@ -209,6 +229,11 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=["2x128", "3x256"], help="LAYERSxHIDDEN per direction")
     p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "packed"],
                    help="model.lstm_layout values to run, one row each (the bare LSTM is timed at each row's shapes)")
+    p.add_argument("--loaders", nargs="+", default=["streamed"], choices=["streamed", "preloaded"],
+                   help="streamed: batches from the loader's workers as training runs (as asr train); "
+                        "preloaded: the same batches read first, the workers stopped (a row each)")
+    p.add_argument("--worker-niceness", type=int, default=None,
+                   help="the loader workers' niceness (default: asr train's, 10 on a GPU, 0 on the CPU)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-frames", type=int, default=20000)
@@ -236,8 +261,8 @@ def main() -> None:
     print("| model, LSTM layout | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
           "| syncs / step | peak GPU memory (GiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for size, layout in ((s, layout) for s in args.sizes for layout in args.lstm_layouts):
-        res = run_ours(size, layout, shards, args, device)
+    for size, layout, loader in itertools.product(args.sizes, args.lstm_layouts, args.loaders):
+        res = run_ours(size, layout, loader == "preloaded", shards, args, device)
         bare = run_bare(res, args, device)
         print(f"| {res['size']} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
