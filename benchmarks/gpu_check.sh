@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md in one run (about six minutes on one H100):
-#   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set;
+#   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
+#      utterances in each FORMATS shard audio format (default "flac wav");
 #   1b. benchmarks/step_parts.py: the step built up part by part on one fixed batch (where the gap
 #       to the bare LSTM goes), at PARTS_BATCHES utterances of 13 s (default "295 590": the batches of
 #       max_frames 384,000 and 768,000);
-#   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM;
+#   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
+#      streaming each format's shards (and once with the batches preloaded);
 #   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   4. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
 # (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
@@ -22,7 +24,7 @@
 # LOADERS: its loader set-ups, a row each (default "streamed preloaded": the second row's steps run
 # with the workers stopped, which shows what they cost the training process's host threads);
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
-# MAX_FRAMES). WARMUP: untimed steps first (default 15:
+# MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
@@ -39,8 +41,14 @@ stage "machine"
   $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())"
 } 2>&1 | tee "$out/machine.txt"
 
+formats=${FORMATS:-flac wav}
+train_format=${TRAIN_FORMAT:-${formats##* }}
 stage "LibriSpeech-length shards"
-timeout 120 $py benchmarks/long_shards.py --src "$src" --out "$work/long" --hours "$hours" 2>&1 | tee "$out/long_shards.log"
+for fmt in $formats; do  # the same utterances in each shard audio format
+  timeout 120 $py benchmarks/long_shards.py --src "$src" --out "$work/long_$fmt" --hours "$hours" --audio-format "$fmt" 2>&1 \
+      | tee -a "$out/long_shards.log"
+done
+long=$work/long_$train_format
 
 if [ "$device" = cuda ]; then
   stage "step parts"
@@ -53,18 +61,22 @@ fi
 if [ -n "${BEFORE:-}" ]; then
   stage "training throughput, $BEFORE"
   (cd "$BEFORE" && PYTHONPATH="$BEFORE:${PYTHONPATH:-}" timeout 150 $py benchmarks/train_throughput.py \
-      --shards "$work/long/train.index.json" --sizes $sizes --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
+      --shards "$work/long_${formats%% *}/train.index.json" --sizes $sizes --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-stage "training throughput"
-timeout 360 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
-    --lstm-layouts $layouts --loaders ${LOADERS:-streamed preloaded} --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" \
-    --device "$device" --profile "$out/profile.txt" 2>&1 | tee "$out/throughput.md"
+loaders=${LOADERS:-streamed preloaded}
+for fmt in $formats; do
+  stage "training throughput, $fmt shards"
+  timeout 360 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \
+      --lstm-layouts $layouts --loaders $loaders --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
+      --workers "$workers" --device "$device" --profile "$out/profile_$fmt.txt" 2>&1 | tee "$out/throughput_$fmt.md"
+  loaders=streamed  # preloaded batches are the same whatever the shards' format: measured once
+done
 
-stage "asr train, large config"
+stage "asr train, large config, $train_format shards"
 rm -rf "$work/exp"
-timeout 150 $py -m asr train --config conf/large.yaml --train "$work/long/train.index.json" --exp "$work/exp" \
+timeout 150 $py -m asr train --config conf/large.yaml --train "$long/train.index.json" --exp "$work/exp" \
     --device "$device" train.epochs=1 train.max_minutes="$train_minutes" train.log_every=5 \
     train.max_frames="${TRAIN_FRAMES:-$max_frames}" train.num_workers="$workers" model.lstm_layout="${TRAIN_LAYOUT:-padded}" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
     | tail -40 | tee "$out/train.log"
@@ -72,12 +84,12 @@ cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
 
 if [ -n "${EXTRA_FRAMES:-}" ]; then
   stage "training throughput, max_frames $EXTRA_FRAMES"
-  timeout 240 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" --sizes $sizes \
+  timeout 240 $py benchmarks/train_throughput.py --shards "$long/train.index.json" --sizes $sizes \
       --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" --profile "$out/profile_$EXTRA_FRAMES.txt" 2>&1 \
       | tee "$out/throughput_frames_$EXTRA_FRAMES.md"
 fi
 
-[ "$device" = cuda ] && [ -n "${SMALL:-}" ] && timeout 180 $py benchmarks/train_throughput.py --shards "$work/long/train.index.json" \
+[ "$device" = cuda ] && [ -n "${SMALL:-}" ] && timeout 180 $py benchmarks/train_throughput.py --shards "$long/train.index.json" \
     --sizes 4x320 --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
     | tee "$out/throughput_4x320.md"
 

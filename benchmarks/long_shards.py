@@ -3,8 +3,9 @@
 The GPU machine has no corpus and little can be carried to it, but a BiLSTM's training throughput
 depends on utterance length (LibriSpeech's training utterances are mostly 11-17 s). This joins
 random clips of the source shards (with short pauses) into utterances of that length, with their
-transcripts joined in the same order, and writes them as ordinary shards (16 kHz FLAC + JSON, the
-layout ``asr shard`` writes) plus ``{split}.index.json``. One process per shard.
+transcripts joined in the same order, and writes them as ordinary shards (16 kHz 16-bit FLAC, or
+WAV with ``--audio-format wav``, + JSON, the layout ``asr shard`` writes) plus ``{split}.index.json``.
+One process per shard.
 
     python benchmarks/long_shards.py --src data/mini/shards/train-000000.tar --out /tmp/long --hours 40
 """
@@ -21,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import webdataset as wds
 
-from asr.data.shards import ShardBatches, resolve_shards
+from asr.data.shards import AUDIO_FORMATS, ShardBatches, resolve_shards
 
 SR = 16000
 CLIPS: list[tuple[np.ndarray, str]] = []  # (samples int16, text), shared with the workers by fork
@@ -58,9 +59,9 @@ def plan(seconds: float, n_clips: int, seed: int) -> list[list[tuple[int, int]]]
     return utts
 
 
-def write_shard(job: tuple[str, int, list[list[tuple[int, int]]]]) -> dict:
-    """Write one shard of joined utterances; returns its index entry."""
-    path, first, utts = job
+def write_shard(job: tuple[str, int, list[list[tuple[int, int]]], str]) -> dict:
+    """Write one shard of joined utterances, the audio as ``ext`` ("flac" or "wav"); returns its index entry."""
+    path, first, utts, ext = job
     seconds = 0.0
     with wds.TarWriter(path) as writer:
         for k, parts in enumerate(utts):
@@ -70,12 +71,12 @@ def write_shard(job: tuple[str, int, list[list[tuple[int, int]]]]) -> dict:
                 words.append(CLIPS[i][1])
             wav = np.concatenate(pieces)
             buf = io.BytesIO()
-            sf.write(buf, wav, SR, format="FLAC", subtype="PCM_16")
+            sf.write(buf, wav, SR, format=AUDIO_FORMATS[ext], subtype="PCM_16")
             uid = f"long{first + k:07d}"
             dur = len(wav) / SR
-            meta = {"id": uid, "audio": f"{uid}.flac", "text": " ".join(words), "duration": round(dur, 3),
+            meta = {"id": uid, "audio": f"{uid}.{ext}", "text": " ".join(words), "duration": round(dur, 3),
                     "speaker": "mixed"}
-            writer.write({"__key__": uid, "flac": buf.getvalue(), "json": meta})
+            writer.write({"__key__": uid, ext: buf.getvalue(), "json": meta})
             seconds += dur
     return {"path": Path(path).name, "count": len(utts), "seconds": round(seconds, 2)}
 
@@ -89,6 +90,7 @@ def main() -> None:
     p.add_argument("--per-shard", type=int, default=200, help="utterances per shard")
     p.add_argument("--jobs", type=int, default=mp.cpu_count())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audio-format", choices=sorted(AUDIO_FORMATS), default="flac")
     args = p.parse_args()
     CLIPS.extend(load_clips(resolve_shards(args.src)))
     if not CLIPS:
@@ -96,7 +98,7 @@ def main() -> None:
     utts = plan(args.hours * 3600, len(CLIPS), args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out / f"{args.split}-{j:06d}.tar"), s, utts[s : s + args.per_shard])
+    jobs = [(str(out / f"{args.split}-{j:06d}.tar"), s, utts[s : s + args.per_shard], args.audio_format)
             for j, s in enumerate(range(0, len(utts), args.per_shard))]
     with mp.get_context("fork").Pool(args.jobs) as pool:
         shards = pool.map(write_shard, jobs)

@@ -281,7 +281,7 @@ def broken_shards(folder: Path, intact: Path) -> dict[str, str]:
         "junk-000000.tar": r"unreadable shard data",
         "empty-000000.tar": r"unreadable shard data",
         "badsample-000000.tar:garbled": r"cannot decode audio",
-        "badsample-000000.tar:no_audio": r"lacks its \.flac or \.json member",
+        "badsample-000000.tar:no_audio": r"lacks its audio \(\.flac or \.wav\) or its \.json member",
     }
 
 

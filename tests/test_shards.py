@@ -82,6 +82,26 @@ def test_round_trip_returns_every_sample_once_with_its_audio_and_text(corpus):
         np.testing.assert_array_equal(wav, audio)  # FLAC at 16 bits is lossless
 
 
+def test_wav_shards_hold_the_same_samples_as_flac_shards(corpus, tmp_path):
+    """--audio-format wav: the same utterances, batches and 16-bit samples as the FLAC shards, the
+    audio stored as 16 kHz mono PCM WAV (a FLAC source is converted, a WAV source in that form copied)."""
+    import tarfile
+    _, utts, flac_shards, expected = corpus
+    wav_shards = [str(p) for p in write_shards(utts, tmp_path, "train", max_per_shard=4, progress=False,
+                                               audio_format="wav")]
+    members = [m for s in wav_shards for m in tarfile.open(s).getnames()]
+    assert sum(m.endswith(".wav") for m in members) == NUM and not any(m.endswith(".flac") for m in members)
+    assert all(m["audio"] == f"{m['id']}.wav" for m in shard_metadata(wav_shards))
+    kw = dict(max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, shuffle_buffer=5, seed=3)
+    got_flac, got_wav = collect(ShardBatches(flac_shards, **kw)), collect(ShardBatches(wav_shards, **kw))
+    assert [(u, t) for u, _, t in got_wav] == [(u, t) for u, _, t in got_flac]
+    for (_, a, _), (uid, b, _) in zip(got_flac, got_wav):
+        np.testing.assert_array_equal(b, a)
+        np.testing.assert_array_equal(b, expected[uid][0])
+    with pytest.raises(ValueError, match="audio_format='mp3'"):
+        write_shards(utts, tmp_path / "x", "train", audio_format="mp3")
+
+
 def test_every_epoch_covers_the_data_in_a_new_order(corpus):
     _, _, shards, expected = corpus
     ds = ShardBatches(shards, max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, shuffle_buffer=5, seed=3)

@@ -1,6 +1,8 @@
 """Webdataset shards: writing them from a manifest, and streaming them back as length-bucketed batches.
 
-A shard is a tar of samples ``{id}.flac`` (16 kHz mono FLAC) + ``{id}.json`` (the manifest fields).
+A shard is a tar of samples ``{id}.flac`` (16 kHz mono 16-bit FLAC) or ``{id}.wav`` (the same as PCM
+WAV: 1.4-1.8x the bytes, but nearly free to decode, where FLAC decoding is most of a loader worker's
+time) + ``{id}.json`` (the manifest fields).
 Reading splits the shard list across ranks (``rank``/``world``) and then across loader workers, so
 no sample is read twice in an epoch; the shard order is reshuffled every epoch from ``seed``.
 Batches are built by total padded frames (``max_frames``) within duration buckets.
@@ -33,20 +35,27 @@ log = logging.getLogger(__name__)
 HOP = 160  # samples per 10 ms feature frame at 16 kHz
 
 
-def flac_bytes(utt: Utterance) -> tuple[bytes, float]:
-    """The utterance's audio as 16 kHz mono FLAC, and its duration in seconds.
+AUDIO_FORMATS = {"flac": "FLAC", "wav": "WAV"}  # shard member extension -> libsndfile format
+
+
+def audio_bytes(utt: Utterance, ext: str = "flac") -> tuple[bytes, float]:
+    """The utterance's audio as 16 kHz mono 16-bit FLAC (``ext`` "flac") or WAV ("wav"), and its
+    duration in seconds.
 
     The audio is always decoded, so that a corrupt or truncated file, or one with NaN/Inf samples,
     is refused here (AudioError naming the file) and not halfway through training; a file that is
-    already 16 kHz mono FLAC is then copied as is.
+    already in that form is then copied as is.
     """
     wav = load_audio(utt.audio)
     seconds = wav.shape[0] / 16000
     info = sf.info(utt.audio)
-    if info.format == "FLAC" and info.samplerate == 16000 and info.channels == 1:
+    fmt = AUDIO_FORMATS[ext]
+    if info.format == fmt and info.subtype == "PCM_16" and info.samplerate == 16000 and info.channels == 1:
         return Path(utt.audio).read_bytes(), seconds
     buf = io.BytesIO()
-    sf.write(buf, wav.numpy(), 16000, format="FLAC")
+    # Quantized here, as the loader quantizes float audio: libsndfile's own float -> 16-bit scale
+    # differs between its FLAC (x 32768) and WAV (x 32767) writers.
+    sf.write(buf, to_pcm16(wav).numpy(), 16000, format=fmt, subtype="PCM_16")
     return buf.getvalue(), seconds
 
 
@@ -59,12 +68,16 @@ def check_duration(utt: Utterance, seconds: float) -> None:
 
 
 def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per_shard: int = 2000,
-                 problems: list[str] | None = None, progress: bool = True, strict: bool = False) -> list[Path]:
-    """Write ``out_dir/{split}-000000.tar`` ... and ``{split}.index.json`` (shard names, counts, hours).
+                 problems: list[str] | None = None, progress: bool = True, strict: bool = False,
+                 audio_format: str = "flac") -> list[Path]:
+    """Write ``out_dir/{split}-000000.tar`` ... and ``{split}.index.json`` (shard names, counts, hours),
+    the audio as ``audio_format`` ("flac" or "wav", see the module's docstring).
 
     Unreadable audio, or audio whose length disagrees with the manifest, is skipped and reported in
     ``problems`` (``strict``: raised as AudioError). Returns the shard paths.
     """
+    if audio_format not in AUDIO_FORMATS:
+        raise ValueError(f"audio_format={audio_format!r}: expected one of {sorted(AUDIO_FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Only this split's own numbered shards: "train-*.tar" would also match "train-clean-000000.tar".
@@ -82,7 +95,7 @@ def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per
         try:
             if key in keys:  # two samples under one key make the whole shard unreadable
                 raise AudioError(f"{utt.id}: its shard key {key!r} is taken by {keys[key]!r}; rename one of them")
-            audio, actual = flac_bytes(utt)
+            audio, actual = audio_bytes(utt, audio_format)
             check_duration(utt, actual)
         except AudioError as e:
             if strict:
@@ -98,9 +111,9 @@ def write_shards(utts: list[Utterance], out_dir: str | Path, split: str, max_per
             shards.append({"path": path.name})
             writer, count, seconds = wds.TarWriter(str(path)), 0, 0.0
         meta = utt.to_json()
-        meta["audio"] = f"{utt.id}.flac"
+        meta["audio"] = f"{utt.id}.{audio_format}"
         keys[key] = utt.id
-        writer.write({"__key__": key, "flac": audio, "json": meta})
+        writer.write({"__key__": key, audio_format: audio, "json": meta})
         count += 1
         seconds += utt.duration
     if writer is not None:
@@ -172,10 +185,11 @@ def decode_sample(raw: dict, pcm16: bool = False) -> Sample:
     """A raw tar sample (bytes per extension) -> Sample (int16 samples with ``pcm16``); raises
     AudioError naming the shard and key."""
     where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
-    if "json" not in raw or "flac" not in raw:
-        raise AudioError(f"{where}: sample lacks its .flac or .json member")
+    ext = next((e for e in AUDIO_FORMATS if e in raw), None)
+    if "json" not in raw or ext is None:
+        raise AudioError(f"{where}: sample lacks its audio (.flac or .wav) or its .json member")
     meta = json.loads(raw["json"])
-    wav = load_audio(raw["flac"], name=where, pcm16=pcm16)
+    wav = load_audio(raw[ext], name=where, pcm16=pcm16)
     return Sample(meta["id"], wav, meta["text"], meta.get("speaker"))
 
 
