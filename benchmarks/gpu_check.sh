@@ -3,8 +3,8 @@
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "flac wav");
 #   1b. benchmarks/step_parts.py: the step built up part by part on one fixed batch (where the gap
-#       to the bare LSTM goes), at PARTS_BATCHES utterances of 13 s (default "295 590": the batches of
-#       max_frames 384,000 and 768,000);
+#       to the bare LSTM goes), at PARTS_BATCHES utterances of 13 s (default "295", the batches of
+#       max_frames 384,000; "295 590" adds 768,000's);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
 #      streaming each format's shards (and once with the batches preloaded);
 #   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
@@ -52,7 +52,7 @@ long=$work/long_$train_format
 
 if [ "$device" = cuda ]; then
   stage "step parts"
-  for b in ${PARTS_BATCHES:-295 590}; do
+  for b in ${PARTS_BATCHES:-295}; do
     timeout 120 $py benchmarks/step_parts.py --hidden 1024 --layers 5 --batch "$b" --seconds 13 --device cuda --bf16 \
         --lstm-layout "${TRAIN_LAYOUT:-padded}" 2>&1 | tee -a "$out/step_parts.md"
   done
