@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one run (about six minutes on one H100):
+# The GPU measurements of benchmarks/RESULTS.md in one run (about eight minutes on one H100):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "flac wav");
 #   1b. benchmarks/step_parts.py: the step built up part by part on one fixed batch (where the gap
@@ -41,8 +41,9 @@ stage "machine"
   $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())"
 } 2>&1 | tee "$out/machine.txt"
 
-formats=${FORMATS:-flac wav}
-train_format=${TRAIN_FORMAT:-${formats##* }}
+read -ra fmts <<< "${FORMATS:-flac wav}"
+formats=${fmts[*]}
+train_format=${TRAIN_FORMAT:-${fmts[-1]}}
 stage "LibriSpeech-length shards"
 for fmt in $formats; do  # the same utterances in each shard audio format
   timeout 120 $py benchmarks/long_shards.py --src "$src" --out "$work/long_$fmt" --hours "$hours" --audio-format "$fmt" 2>&1 \
@@ -58,10 +59,12 @@ if [ "$device" = cuda ]; then
   done
 fi
 
-if [ -n "${BEFORE:-}" ]; then
+if [ -n "${BEFORE:-}" ] && [ ! -d "$work/long_flac" ]; then
+  echo "BEFORE needs flac among FORMATS (older checkouts read FLAC shards only); skipped"
+elif [ -n "${BEFORE:-}" ]; then
   stage "training throughput, $BEFORE"
   (cd "$BEFORE" && PYTHONPATH="$BEFORE:${PYTHONPATH:-}" timeout 150 $py benchmarks/train_throughput.py \
-      --shards "$work/long_${formats%% *}/train.index.json" --sizes $sizes --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
+      --shards "$work/long_flac/train.index.json" --sizes $sizes --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 

@@ -68,7 +68,7 @@ def main() -> None:
         if layout == "bare":
             lstm = torch.nn.LSTM(args.hidden, args.hidden, args.layers, bidirectional=True, batch_first=True).to(device)
             x = torch.randn(args.batch, int(subsampled_lengths(torch.tensor(frames), args.stride)), args.hidden,
-                            device=device)
+                            device=device, requires_grad=True)
             ms = time_step(lambda _f, _l: lstm(x), feats, lengths, args.repeats, args.bf16)
         else:
             model = AcousticModel(dataclasses.replace(cfg, lstm_layout=layout), 80, 30).to(device).train()

@@ -123,3 +123,13 @@ def test_step_parts_builds_the_step_up_from_the_bare_lstm():
     assert all(m > 0 for m in ms) and rows[0][2] == "100%"
     for m, r in zip(ms, rows):  # the printed ms are rounded; at these sizes they are ~1 ms
         assert abs(float(r[2].rstrip("%")) - 100 * ms[0] / m) <= 3.0
+
+
+def test_train_throughput_preloaded_row_trains_on_the_same_batches(train_shards):
+    out = run_script("benchmarks/train_throughput.py", "--shards", *train_shards, "--sizes", "1x16",
+                     "--loaders", "streamed", "preloaded", "--steps", "3", "--warmup", "1", "--max-frames", "400",
+                     "--workers", "1", "--threads", "1")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1x16 padded", "1x16 padded, preloaded"]
+    assert rows[0][5] == rows[1][5]  # the same batches: the same padding fraction
+    assert float(rows[1][6].rstrip("%")) < 1.0  # nothing to wait for once the batches are in memory

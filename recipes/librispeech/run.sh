@@ -259,7 +259,11 @@ PY
 cmdline="bash recipes/librispeech/run.sh $root ${subsets[*]}"
 run_stage 0 "data=$data root=$(realpath "$root") subsets=${subsets[*]}" stage0
 run_stage 1 "data=$data vocab=$(cfg tokenizer.vocab_size) type=$(cfg tokenizer.model_type)" stage1
-run_stage 2 "data=$data max_per_shard=$max_per_shard audio_format=$audio_format" stage2
+shard_opts="data=$data max_per_shard=$max_per_shard"
+# The format joins stage 2's options only when it is not the default: shards made before
+# --audio-format existed still count as done.
+[ "$audio_format" = flac ] || shard_opts+=" audio_format=$audio_format"
+run_stage 2 "$shard_opts" stage2
 run_stage 3 "data=$data conf=$(cksum < "$config") ngpu=$ngpu dev=$dev_set ${overrides[*]}" stage3
 run_stage 4 "data=$data arpa=$lm_arpa text=$lm_text order=$lm_order prune=$lm_prune sets=${eval_sets[*]}" stage4
 run_stage 5 "data=$data beam=$beam_size alpha=$alpha beta=$beta grid=$alphas/$betas" stage5
