@@ -116,6 +116,9 @@ class TrainConfig:
     ddp_bf16_grads: bool = False
     seed: int = 1234
     bf16: bool = True  # bf16 autocast on CUDA
+    # The CTC loss on a GPU: "auto" takes cuDNN's when the batch fits it (targets of at most 255 tokens),
+    # which needs no host-device waits, after checking once that it agrees with torch's; "torch": torch's.
+    ctc: str = "auto"
     # bf16 autocast on the CPU as well, where oneDNN has native bf16 (AVX512-BF16 or AMX; elsewhere
     # it is ignored with a warning): about 1.5x faster LSTM steps at the mini recipe's shapes.
     cpu_bf16: bool = False
@@ -256,6 +259,7 @@ RULES: dict[str, Rule] = {
     "train.save_every_steps": _at_least(0),
     "train.keep_epochs": _at_least(0),
     "train.max_nonfinite": _at_least(1),
+    "train.ctc": _one_of("auto", "torch"),
 }
 
 

@@ -24,13 +24,13 @@ from typing import NoReturn
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asr.config import RUN_KEYS, ExperimentConfig, to_dict
+from asr.ctc_loss import ctc_loss
 from asr.data.manifest import Utterance
 from asr.data.shards import ShardBatches, shard_metadata
 from asr.decode.greedy import GreedyDecoder
@@ -83,15 +83,16 @@ class Counters:
 
 
 def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict, tokenizer: Tokenizer,
-                 device: torch.device, bf16: bool, counters: Counters) -> tuple[torch.Tensor, dict] | None:
+                 device: torch.device, bf16: bool, counters: Counters, ctc: str = "auto") -> tuple[torch.Tensor, dict] | None:
     """CTC loss (sum over the batch / target tokens) of one batch; None if no utterance is usable.
-    ``bf16``: run the model under bf16 autocast on ``device`` (the CTC loss stays fp32).
+    ``bf16``: run the model under bf16 autocast on ``device`` (the CTC loss stays fp32); ``ctc``: the
+    CTC loss's implementation (``asr.ctc_loss.ctc_loss``).
 
     Batches from the training loader come labelled by its workers (``asr.targets.Labeler``); others
     are labelled here. Utterances left out (CTC-infeasible: their loss would be infinite; or
     untokenizable) are counted in ``counters``. Nothing here reads a value back from the device, so
-    on a GPU the host queues the forward pass without waiting for it (the CTC loss itself copies its
-    lengths to the GPU, which does wait).
+    on a GPU the host queues the forward pass without waiting for it (and, with cuDNN's CTC loss, the
+    backward pass too; torch's copies its lengths to the GPU, which waits).
     """
     if "targets" not in batch:
         stride = getattr(model, "module", model).cfg.stride  # model may be wrapped in DDP
@@ -104,7 +105,6 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     # Lengths stay on the host: what the step reports and the CTC loss's lengths come from them.
     wav_len = batch["lengths"]
     ntok = int(batch["target_lengths"].sum())
-    tgt = to_device(batch["targets"], device)
     wav = to_device(batch["wav"], device)  # pinned by the loader: no copy on the host
     means = batch.get("means")
     feats, _ = frontend(wav, to_device(wav_len, device), None if means is None else to_device(means, device))
@@ -112,8 +112,7 @@ def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         log_probs, out_len = model(feats, flen)
     # CTC in fp32 whatever the autocast: the model returns float32 log-probs.
-    loss = F.ctc_loss(log_probs.float().transpose(0, 1), tgt, out_len, batch["target_lengths"], blank=0,
-                      reduction="sum", zero_infinity=False)
+    loss = ctc_loss(log_probs.float().transpose(0, 1), batch["targets"], out_len, batch["target_lengths"], ctc)
     frames = int(flen.sum())
     stats = {"utts": len(wav_len), "tokens": ntok, "frames": frames,
              "padding": 1.0 - frames / (feats.shape[0] * feats.shape[1]),
@@ -565,7 +564,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
             # Under DDP, gradients are all-reduced only on the micro-batch that ends an accumulation.
             sync = micro == 0 or dd.world == 1
             with net.no_sync() if not sync else contextlib.nullcontext():
-                out = compute_loss(net, frontend, batch, tokenizer, dev_t, use_bf16, counters)
+                out = compute_loss(net, frontend, batch, tokenizer, dev_t, use_bf16, counters, tc.ctc)
                 if dd.world > 1:
                     # All ranks agree before backward (where DDP all-reduces): if any rank's loss is
                     # unusable, every rank skips this batch, so none waits for the others.

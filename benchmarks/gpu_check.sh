@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one run (about eight minutes on one H100):
+# The GPU measurements of benchmarks/RESULTS.md in one run (about nine minutes on one H100):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "flac wav");
 #   1b. benchmarks/step_parts.py: the step built up part by part on one fixed batch (where the gap
 #       to the bare LSTM goes), at PARTS_BATCHES utterances of 13 s (default "295", the batches of
 #       max_frames 384,000; "295 590" adds 768,000's);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
-#      streaming each format's shards (and once with the batches preloaded);
+#      streaming each format's shards (and, for the first format, with the batches preloaded, and with
+#      torch's CTC loss in place of cuDNN's);
 #   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   4. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
 # (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
@@ -23,6 +24,7 @@
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
 # LOADERS: its loader set-ups, a row each (default "streamed preloaded": the second row's steps run
 # with the workers stopped, which shows what they cost the training process's host threads);
+# CTCS: the CTC losses of those rows (default "auto torch": cuDNN's, as asr train, and torch's);
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
@@ -68,13 +70,13 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-loaders=${LOADERS:-streamed preloaded}
+loaders=${LOADERS:-streamed preloaded} ctcs=${CTCS:-auto torch}
 for fmt in $formats; do
   stage "training throughput, $fmt shards"
   timeout 360 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \
-      --lstm-layouts $layouts --loaders $loaders --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
+      --lstm-layouts $layouts --loaders $loaders --ctc $ctcs --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
       --workers "$workers" --device "$device" --profile "$out/profile_$fmt.txt" 2>&1 | tee "$out/throughput_$fmt.md"
-  loaders=streamed  # preloaded batches are the same whatever the shards' format: measured once
+  loaders=streamed ctcs=auto  # preloaded batches and the CTC loss do not depend on the format: measured once
 done
 
 stage "asr train, large config, $train_format shards"

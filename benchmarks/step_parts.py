@@ -8,8 +8,8 @@ the row above and is timed the same way (forward + backward, a sync after each r
 1. bare: a bidirectional ``nn.LSTM`` of the model's size over the model's LSTM input shape;
 2. model: the acoustic model (subsampling, BiLSTM in ``--lstm-layout``, head, log-softmax) on
    ready features, the summed log-probs as the loss;
-3. + CTC loss: fp32 CTC on its log-probs instead (torch's CUDA CTC copies its lengths to the GPU
-   with a wait each time);
+3. + CTC loss: fp32 CTC on its log-probs instead, torch's (its CUDA CTC copies its lengths to the GPU
+   with a wait each time) and cuDNN's (``asr.ctc_loss``: no waits; asr train's default, used below);
 4. + features: log-mels, CMVN and SpecAugment from 16-bit audio already on the device
    (``asr.train.compute_loss``, as ``asr train`` calls it);
 5. + optimizer: the rest of the step (gradient norm clipping, the one read of loss and norm, fused
@@ -30,9 +30,9 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
+from asr.ctc_loss import ctc_loss
 from asr.features import FeatureExtractor, frame_lengths, to_device
 from asr.model import AcousticModel, subsampled_lengths
 from asr.text import CharTokenizer
@@ -112,12 +112,11 @@ def main() -> None:
             y, _ = bare(x)
         y.float().sum().backward()
 
-    def run_model(ctc: bool) -> None:
+    def run_model(ctc: str | None) -> None:
         with autocast():
             log_probs, out_len = model(feats, flen_host)
         if ctc:
-            F.ctc_loss(log_probs.float().transpose(0, 1), on_device["targets"], out_len, host["target_lengths"],
-                       blank=0, reduction="sum").backward()
+            ctc_loss(log_probs.float().transpose(0, 1), host["targets"], out_len, host["target_lengths"], ctc).backward()
         else:
             log_probs.sum().backward()
 
@@ -131,8 +130,9 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
 
     rows = [("bare nn.LSTM, forward + backward", run_bare),
-            (f"model ({args.lstm_layout}), summed log-probs", lambda: run_model(False)),
-            ("+ CTC loss", lambda: run_model(True)),
+            (f"model ({args.lstm_layout}), summed log-probs", lambda: run_model(None)),
+            ("+ CTC loss, torch's", lambda: run_model("torch")),
+            ("+ CTC loss, cuDNN's where it fits (asr train's)", lambda: run_model("auto")),
             ("+ features and SpecAugment", lambda: run_step(on_device, False)),
             ("+ gradient norm, read, optimizer", lambda: run_step(on_device, True)),
             ("+ batch from pinned host memory", lambda: run_step(host, True))]

@@ -9,7 +9,8 @@ host-device synchronisations per step (each one idles the GPU while the host cat
 ``--profile``, where they come from) and the peak GPU memory of the training steps (what bounds
 ``max_frames``). ``--loaders streamed preloaded`` adds a row with the same batches read before the
 steps and the loader's workers stopped: what the workers cost the training process beside data wait
-(they share its cores).
+(they share its cores). ``--ctc auto torch`` runs each row with cuDNN's CTC loss (asr train's default
+on a GPU: no host-device waits) and with torch's (8 waits a step).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -32,6 +33,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
+from asr.ctc_loss import IMPLS as CTC_IMPLS
 from asr.data.shards import ShardBatches, resolve_shards
 from asr.features import FeatureExtractor
 from asr.model import AcousticModel
@@ -45,7 +47,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(size: str, layout: str, preload: bool, shards: list[str], args, device: torch.device) -> dict:
+def run_ours(size: str, layout: str, preload: bool, ctc: str, shards: list[str], args, device: torch.device) -> dict:
     layers, hidden = (int(x) for x in size.split("x"))
     tok = CharTokenizer()
     cfg = ModelConfig(hidden=hidden, layers=layers, dropout=0.1, lstm_layout=layout)
@@ -84,7 +86,7 @@ def run_ours(size: str, layout: str, preload: bool, shards: list[str], args, dev
         """asr train's step; like it, one read from the device (loss and gradient norm) a step."""
         # The named ranges split a profile (--profile) into the step's parts; they cost nothing unprofiled.
         with record_function("step 1: features, model, CTC loss"):
-            out = compute_loss(model, frontend, batch, tok, device, args.bf16 and device.type == "cuda", counters)
+            out = compute_loss(model, frontend, batch, tok, device, args.bf16 and device.type == "cuda", counters, ctc)
         if out is None:
             return None
         loss, stats = out
@@ -123,7 +125,7 @@ def run_ours(size: str, layout: str, preload: bool, shards: list[str], args, dev
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    name = f"{size} {layout}" + (", preloaded" if preload else "")
+    name = f"{size} {layout}" + (", preloaded" if preload else "") + (f", {ctc} CTC" if ctc != "auto" else "")
     syncs = count_syncs(train_step, source, name, args.profile) if device.type == "cuda" else None
     busy = profile_steps(train_step, source, name, args.profile, device) if args.profile else None
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
@@ -235,6 +237,8 @@ def main() -> None:
     p.add_argument("--loaders", nargs="+", default=["streamed"], choices=["streamed", "preloaded"],
                    help="streamed: batches from the loader's workers as training runs (as asr train); "
                         "preloaded: the same batches read first, the workers stopped (a row each)")
+    p.add_argument("--ctc", nargs="+", default=["auto"], choices=CTC_IMPLS,
+                   help="the CTC loss: auto (asr train's: cuDNN's on a GPU when it fits), torch (a row each)")
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="the loader workers' niceness (default: asr train's, 10 on a GPU, 0 on the CPU)")
     p.add_argument("--steps", type=int, default=20)
@@ -264,8 +268,8 @@ def main() -> None:
     print("| model, LSTM layout | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
           "| syncs / step | peak GPU memory (GiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for size, layout, loader in itertools.product(args.sizes, args.lstm_layouts, args.loaders):
-        res = run_ours(size, layout, loader == "preloaded", shards, args, device)
+    for size, layout, loader, ctc in itertools.product(args.sizes, args.lstm_layouts, args.loaders, args.ctc):
+        res = run_ours(size, layout, loader == "preloaded", ctc, shards, args, device)
         bare = run_bare(res, args, device)
         print(f"| {res['size']} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
