@@ -32,6 +32,7 @@ from tqdm import tqdm
 from asr.config import RUN_KEYS, ExperimentConfig, to_dict
 from asr.ctc_loss import ctc_loss
 from asr.data.manifest import Utterance
+from asr.data.prefetch import prefetch_to_device
 from asr.data.shards import ShardBatches, shard_metadata
 from asr.decode.greedy import GreedyDecoder
 from asr.evaluate import decode_utterances
@@ -524,7 +525,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
         data.set_epoch(epoch, start_batch)
         net.train()
         frontend.train()
-        it = iter(loader)
+        it = prefetch_to_device(iter(loader), dev_t)
         batch_pos = start_batch
         # Resuming mid-epoch: carry on the epoch's loss sums, so its train_loss covers the whole epoch.
         # (audio_s restarts: it is only used for throughput since the epoch's clock started.)

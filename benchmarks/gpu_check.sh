@@ -2,12 +2,13 @@
 # The GPU measurements of benchmarks/RESULTS.md in one run (about nine minutes on one H100):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "flac wav");
+#   1a. the tests that need a GPU (when pytest is importable);
 #   1b. benchmarks/step_parts.py: the step built up part by part on one fixed batch (where the gap
 #       to the bare LSTM goes), at PARTS_BATCHES utterances of 13 s (default "295", the batches of
 #       max_frames 384,000; "295 590" adds 768,000's);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
-#      streaming each format's shards (and, for the first format, with the batches preloaded, and with
-#      torch's CTC loss in place of cuDNN's);
+#      streaming each format's shards as asr train does; for the first format also VARIANTS, each one
+#      change from that (preloaded batches, torch's CTC loss, no prefetch to the GPU);
 #   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   4. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
 # (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
@@ -22,9 +23,9 @@
 # EXTRA_FRAMES=N: also measure ours and the bare LSTM at a second frame budget (bigger batches,
 # fewer launches per second of audio), after the `asr train` run. SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# LOADERS: its loader set-ups, a row each (default "streamed preloaded": the second row's steps run
-# with the workers stopped, which shows what they cost the training process's host threads);
-# CTCS: the CTC losses of those rows (default "auto torch": cuDNN's, as asr train, and torch's);
+# VARIANTS: its rows for the first format (default "train preloaded torch-ctc no-prefetch": asr train's
+# set-up, then the same with the loader's workers stopped, which shows what they cost the training
+# process's host threads; with torch's CTC loss; with each batch copied at its own step's start);
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
@@ -53,6 +54,12 @@ for fmt in $formats; do  # the same utterances in each shard audio format
 done
 long=$work/long_$train_format
 
+if [ "$device" = cuda ] && $py -c "import pytest" 2>/dev/null; then
+  stage "GPU tests"  # the tests that only run where there is a GPU (cuDNN's CTC loss, prefetch, GPU beam search)
+  timeout 120 $py -m pytest -q -p no:cacheprovider tests/test_ctc_loss.py tests/test_prefetch.py tests/test_beam.py \
+      -k "gpu or cuda" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+fi
+
 if [ "$device" = cuda ]; then
   stage "step parts"
   for b in ${PARTS_BATCHES:-295}; do
@@ -70,13 +77,13 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-loaders=${LOADERS:-streamed preloaded} ctcs=${CTCS:-auto torch}
+variants=${VARIANTS:-train preloaded torch-ctc no-prefetch}
 for fmt in $formats; do
   stage "training throughput, $fmt shards"
-  timeout 360 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \
-      --lstm-layouts $layouts --loaders $loaders --ctc $ctcs --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
+  timeout 420 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \
+      --lstm-layouts $layouts --variants $variants --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
       --workers "$workers" --device "$device" --profile "$out/profile_$fmt.txt" 2>&1 | tee "$out/throughput_$fmt.md"
-  loaders=streamed ctcs=auto  # preloaded batches and the CTC loss do not depend on the format: measured once
+  variants=train  # the variants do not depend on the shards' format: measured once
 done
 
 stage "asr train, large config, $train_format shards"

@@ -7,10 +7,11 @@ Markdown table: audio seconds per wall second (x real time), padding fraction, t
 time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
 host-device synchronisations per step (each one idles the GPU while the host catches up; with
 ``--profile``, where they come from) and the peak GPU memory of the training steps (what bounds
-``max_frames``). ``--loaders streamed preloaded`` adds a row with the same batches read before the
-steps and the loader's workers stopped: what the workers cost the training process beside data wait
-(they share its cores). ``--ctc auto torch`` runs each row with cuDNN's CTC loss (asr train's default
-on a GPU: no host-device waits) and with torch's (8 waits a step).
+``max_frames``). ``--variants`` adds rows that each change one thing from asr train's set-up
+("train"), on the same batches: "preloaded" reads them before the steps and stops the loader's
+workers (what the workers cost the training process beside data wait: they share its cores);
+"torch-ctc" takes torch's CTC loss (8 host-device waits a step) in place of cuDNN's; "no-prefetch"
+copies each batch to the GPU at the start of its own step instead of one step ahead.
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -33,7 +34,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
-from asr.ctc_loss import IMPLS as CTC_IMPLS
+from asr.data.prefetch import prefetch_to_device
 from asr.data.shards import ShardBatches, resolve_shards
 from asr.features import FeatureExtractor
 from asr.model import AcousticModel
@@ -47,7 +48,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(size: str, layout: str, preload: bool, ctc: str, shards: list[str], args, device: torch.device) -> dict:
+VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch")
+
+
+def run_ours(size: str, layout: str, variant: str, shards: list[str], args, device: torch.device) -> dict:
     layers, hidden = (int(x) for x in size.split("x"))
     tok = CharTokenizer()
     cfg = ModelConfig(hidden=hidden, layers=layers, dropout=0.1, lstm_layout=layout)
@@ -74,6 +78,7 @@ def run_ours(size: str, layout: str, preload: bool, ctc: str, shards: list[str],
             if empty:
                 return
 
+    preload, ctc = variant == "preloaded", "torch" if variant == "torch-ctc" else "auto"
     source = stream()
     if preload:  # every batch read first, then the loader's workers stopped: steps without them
         # (6 more for counting syncs and profiling, 10 spares: a batch with no usable utterance is not a
@@ -81,6 +86,8 @@ def run_ours(size: str, layout: str, preload: bool, ctc: str, shards: list[str],
         batches = list(itertools.islice(source, args.warmup + args.steps + 16))
         source.close()
         source = iter(batches)
+    if variant != "no-prefetch":
+        source = prefetch_to_device(source, device)
 
     def train_step(batch: dict) -> dict | None:
         """asr train's step; like it, one read from the device (loss and gradient norm) a step."""
@@ -125,7 +132,7 @@ def run_ours(size: str, layout: str, preload: bool, ctc: str, shards: list[str],
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    name = f"{size} {layout}" + (", preloaded" if preload else "") + (f", {ctc} CTC" if ctc != "auto" else "")
+    name = f"{size} {layout}" + (f", {variant}" if variant != "train" else "")
     syncs = count_syncs(train_step, source, name, args.profile) if device.type == "cuda" else None
     busy = profile_steps(train_step, source, name, args.profile, device) if args.profile else None
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
@@ -234,11 +241,10 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=["2x128", "3x256"], help="LAYERSxHIDDEN per direction")
     p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "packed"],
                    help="model.lstm_layout values to run, one row each (the bare LSTM is timed at each row's shapes)")
-    p.add_argument("--loaders", nargs="+", default=["streamed"], choices=["streamed", "preloaded"],
-                   help="streamed: batches from the loader's workers as training runs (as asr train); "
-                        "preloaded: the same batches read first, the workers stopped (a row each)")
-    p.add_argument("--ctc", nargs="+", default=["auto"], choices=CTC_IMPLS,
-                   help="the CTC loss: auto (asr train's: cuDNN's on a GPU when it fits), torch (a row each)")
+    p.add_argument("--variants", nargs="+", default=["train"], choices=VARIANTS,
+                   help="a row each: train (asr train's set-up), or it with one change: preloaded (batches read "
+                        "first, loader workers stopped), torch-ctc (torch's CTC loss), no-prefetch (each batch "
+                        "copied to the GPU at its step's start)")
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="the loader workers' niceness (default: asr train's, 10 on a GPU, 0 on the CPU)")
     p.add_argument("--steps", type=int, default=20)
@@ -268,8 +274,8 @@ def main() -> None:
     print("| model, LSTM layout | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
           "| syncs / step | peak GPU memory (GiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for size, layout, loader, ctc in itertools.product(args.sizes, args.lstm_layouts, args.loaders, args.ctc):
-        res = run_ours(size, layout, loader == "preloaded", ctc, shards, args, device)
+    for size, layout, variant in itertools.product(args.sizes, args.lstm_layouts, args.variants):
+        res = run_ours(size, layout, variant, shards, args, device)
         bare = run_bare(res, args, device)
         print(f"| {res['size']} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
