@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from asr.config import FeatureConfig
 from asr.features import frame_lengths
@@ -20,6 +21,14 @@ from asr.text import Tokenizer, TokenizerError, normalize
 def ctc_min_frames(target: list[int]) -> int:
     """Frames CTC needs for ``target``: one per token plus a blank between repeated tokens."""
     return len(target) + sum(1 for a, b in zip(target, target[1:]) if a == b)
+
+
+def ctc_min_frames_batch(targets: Tensor, target_lengths: Tensor) -> Tensor:
+    """``ctc_min_frames`` of a batch at once: targets (N,) end to end, target_lengths (B,) -> (B,)."""
+    b = target_lengths.numel()
+    utt = torch.repeat_interleave(torch.arange(b), target_lengths)  # (N,): the target each token is in
+    repeat = (targets[1:] == targets[:-1]) & (utt[1:] == utt[:-1])
+    return target_lengths + torch.zeros(b, dtype=torch.long).index_add_(0, utt[1:], repeat.long())
 
 
 @dataclass

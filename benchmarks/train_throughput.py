@@ -35,11 +35,11 @@ from torch.utils.data import DataLoader
 
 from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
 from asr.data.prefetch import prefetch_to_device
-from asr.data.shards import ShardBatches, resolve_shards
+from asr.data.shards import ShardBatches, resolve_shards, shard_metadata
 from asr.features import FeatureExtractor
 from asr.model import AcousticModel
 from asr.targets import Labeler
-from asr.text import CharTokenizer
+from asr.text import Tokenizer, build_tokenizer, normalize
 from asr.train import GPU_LOADER_NICENESS, Counters, compute_loss, init_loader_worker
 
 
@@ -51,9 +51,19 @@ def sync(device: torch.device) -> None:
 VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch")
 
 
-def run_ours(size: str, layout: str, variant: str, shards: list[str], args, device: torch.device) -> dict:
+def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
+    """conf/large.yaml's units (SentencePiece, 256, unigram) fitted on the first ``texts`` transcripts
+    of ``shards``, or characters. (The units set the CTC targets' lengths: a 17 s utterance has ~250
+    characters, past the 255 labels cuDNN's CTC loss takes, and ~100 of these units.)"""
+    if kind == "char":
+        return build_tokenizer("char")
+    return build_tokenizer("sentencepiece", [normalize(m["text"]) for m in itertools.islice(shard_metadata(shards), texts)],
+                           256, "unigram")
+
+
+def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Tokenizer, args,
+             device: torch.device) -> dict:
     layers, hidden = (int(x) for x in size.split("x"))
-    tok = CharTokenizer()
     cfg = ModelConfig(hidden=hidden, layers=layers, dropout=0.1, lstm_layout=layout)
     model = AcousticModel(cfg, 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
@@ -247,6 +257,9 @@ def main() -> None:
                         "copied to the GPU at its step's start)")
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="the loader workers' niceness (default: asr train's, 10 on a GPU, 0 on the CPU)")
+    p.add_argument("--tokenizer", default="sentencepiece", choices=["sentencepiece", "char"],
+                   help="the CTC units: sentencepiece (conf/large.yaml's: 256 unigram units fitted on the shards' "
+                        "first 3,000 transcripts) or char")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-frames", type=int, default=20000)
@@ -266,16 +279,18 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     shards = resolve_shards(args.shards)
+    tok = tokenizer(args.tokenizer, shards)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; bf16: {args.bf16 and device.type == 'cuda'}; max_frames {args.max_frames}; "
           f"{args.steps} timed steps after {args.warmup} warm-up; {args.workers} loader workers; "
+          f"{args.tokenizer} units ({tok.vocab_size} with the blank); "
           f"torch {torch.__version__}" + (f", cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark "
                                           f"{args.cudnn_benchmark}" if device.type == "cuda" else ""))
     print("| model, LSTM layout | median step (ms) | ours (x real time) | bare nn.LSTM fwd+bwd (x) | ours / bare | padding | data wait "
           "| syncs / step | peak GPU memory (GiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size, layout, variant in itertools.product(args.sizes, args.lstm_layouts, args.variants):
-        res = run_ours(size, layout, variant, shards, args, device)
+        res = run_ours(size, layout, variant, shards, tok, args, device)
         bare = run_bare(res, args, device)
         print(f"| {res['size']} | {res['step_ms']:.0f} | {res['x']:.0f} | {bare:.0f} | {100 * res['x'] / bare:.0f}% | "
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
