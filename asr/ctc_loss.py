@@ -6,9 +6,9 @@ H100). Each waits for all the work queued before it, so the host cannot queue th
 the GPU still runs the forward one, and the GPU idles after each while the host launches what comes
 next. cuDNN's CTC loss (its v8 API) reads labels and lengths from GPU memory: given them through
 non-blocking copies from the host, it never waits. So ``ctc_loss`` takes cuDNN's on a GPU when the
-batch fits it (every target 1 to 255 tokens, feasible in its input: ``cudnn_fits``), once it has agreed with
-torch's on a first batch (per device; if it does not, or fails, torch's is used, with a warning), and
-torch's everywhere else. ``impl="torch"`` always takes torch's.
+batch fits it (every target 1 to 255 tokens, feasible in its input: ``cudnn_fits``), once it has
+agreed with torch's on a first batch (per device; if it does not, or fails, torch's is used, with a
+warning), and torch's everywhere else. ``impl="torch"`` always takes torch's.
 """
 from __future__ import annotations
 

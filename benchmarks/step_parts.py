@@ -118,7 +118,8 @@ def main() -> None:
         with autocast():
             log_probs, out_len = model(feats, flen_host)
         if ctc:
-            ctc_loss(log_probs.float().transpose(0, 1), host["targets"], out_len, host["target_lengths"], ctc).backward()
+            lp = log_probs.float().transpose(0, 1)
+            ctc_loss(lp, host["targets"], out_len, host["target_lengths"], ctc).backward()
         else:
             log_probs.sum().backward()
 

@@ -57,8 +57,8 @@ def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
     characters, past the 255 labels cuDNN's CTC loss takes, and ~100 of these units.)"""
     if kind == "char":
         return build_tokenizer("char")
-    return build_tokenizer("sentencepiece", [normalize(m["text"]) for m in itertools.islice(shard_metadata(shards), texts)],
-                           256, "unigram")
+    first = itertools.islice(shard_metadata(shards), texts)
+    return build_tokenizer("sentencepiece", [normalize(m["text"]) for m in first], 256, "unigram")
 
 
 def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Tokenizer, args,

@@ -12,7 +12,8 @@ from typing import Iterator
 import torch
 
 
-def prefetch_to_device(batches: Iterator[dict], device: torch.device, keys: tuple[str, ...] = ("wav",)) -> Iterator[dict]:
+def prefetch_to_device(batches: Iterator[dict], device: torch.device,
+                       keys: tuple[str, ...] = ("wav",)) -> Iterator[dict]:
     """The batches of ``batches`` (dicts) with the tensors under ``keys`` on ``device``; on a GPU,
     each batch's copy is started when the batch before it is handed out. Elsewhere the batches pass
     through unchanged (the step copies them).
