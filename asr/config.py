@@ -119,6 +119,9 @@ class TrainConfig:
     # The CTC loss on a GPU: "auto" takes cuDNN's when the batch fits it (targets of at most 255 tokens),
     # which needs no host-device waits, after checking once that it agrees with torch's; "torch": torch's.
     ctc: str = "auto"
+    # Physical CPU cores (both hyper-threads) kept free of loader workers, for the training process's
+    # threads that launch the GPU's kernels (0: none; asr.data.cpus).
+    reserve_cores: int = 0
     # bf16 autocast on the CPU as well, where oneDNN has native bf16 (AVX512-BF16 or AMX; elsewhere
     # it is ignored with a warning): about 1.5x faster LSTM steps at the mini recipe's shapes.
     cpu_bf16: bool = False
@@ -260,6 +263,7 @@ RULES: dict[str, Rule] = {
     "train.keep_epochs": _at_least(0),
     "train.max_nonfinite": _at_least(1),
     "train.ctc": _one_of("auto", "torch"),
+    "train.reserve_cores": _at_least(0),
 }
 
 

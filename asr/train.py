@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from asr.config import RUN_KEYS, ExperimentConfig, to_dict
 from asr.ctc_loss import ctc_loss
+from asr.data.cpus import worker_cpus
 from asr.data.manifest import Utterance
 from asr.data.prefetch import prefetch_to_device
 from asr.data.shards import ShardBatches, shard_metadata
@@ -325,14 +326,16 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def init_loader_worker(worker_id: int, niceness: int = 0) -> None:
+def init_loader_worker(worker_id: int, niceness: int = 0, cpus: set[int] | None = None) -> None:
     """A DataLoader worker leaves SIGTERM and Ctrl-C to the training process, which stops it after its
-    checkpoint (a worker killed first would break the batch the loop is waiting for), and lowers its
-    CPU priority by ``niceness``."""
+    checkpoint (a worker killed first would break the batch the loop is waiting for), lowers its CPU
+    priority by ``niceness`` and, given ``cpus``, runs on those only (``asr.data.cpus.worker_cpus``)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if niceness:
         os.nice(niceness)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 # Training on a GPU, the loader workers run this much nicer than the training process: they fill a
@@ -416,7 +419,8 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     loader = DataLoader(data, batch_size=None, num_workers=tc.num_workers, pin_memory=dev_t.type == "cuda",
                         prefetch_factor=4 if tc.num_workers else None, persistent_workers=False,
                         generator=torch.Generator().manual_seed(tc.seed), worker_init_fn=functools.partial(
-                            init_loader_worker, niceness=GPU_LOADER_NICENESS if dev_t.type == "cuda" else 0))
+                            init_loader_worker, niceness=GPU_LOADER_NICENESS if dev_t.type == "cuda" else 0,
+                            cpus=worker_cpus(tc.reserve_cores) if tc.num_workers else None))
     frontend = FeatureExtractor(cfg.features, cfg.specaug).to(dev_t)
     spk_means: dict[str, torch.Tensor] = {}
     if state:

@@ -8,7 +8,7 @@
 #       max_frames 384,000; "295 590" adds 768,000's);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
 #      streaming each format's shards as asr train does; for the first format also VARIANTS, each one
-#      change from that (preloaded batches, torch's CTC loss, no prefetch to the GPU);
+#      change from that (preloaded batches, torch's CTC loss, no prefetch to the GPU, cores reserved);
 #   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   4. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
 # (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
@@ -23,9 +23,10 @@
 # EXTRA_FRAMES=N: also measure ours and the bare LSTM at a second frame budget (bigger batches,
 # fewer launches per second of audio), after the `asr train` run. SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train preloaded torch-ctc no-prefetch": asr train's
-# set-up, then the same with the loader's workers stopped, which shows what they cost the training
-# process's host threads; with torch's CTC loss; with each batch copied at its own step's start);
+# VARIANTS: its rows for the first format (default "train preloaded torch-ctc no-prefetch
+# reserved-cores": asr train's set-up, then the same with the loader's workers stopped, which shows
+# what they cost the training process's host threads; with torch's CTC loss; with each batch copied
+# at its own step's start; with two physical cores kept free of workers);
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
@@ -77,7 +78,7 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train preloaded torch-ctc no-prefetch}
+variants=${VARIANTS:-train preloaded torch-ctc no-prefetch reserved-cores}
 for fmt in $formats; do
   stage "training throughput, $fmt shards"
   timeout 420 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \

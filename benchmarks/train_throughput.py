@@ -11,7 +11,8 @@ host-device synchronisations per step (each one idles the GPU while the host cat
 ("train"), on the same batches: "preloaded" reads them before the steps and stops the loader's
 workers (what the workers cost the training process beside data wait: they share its cores);
 "torch-ctc" takes torch's CTC loss (8 host-device waits a step) in place of cuDNN's; "no-prefetch"
-copies each batch to the GPU at the start of its own step instead of one step ahead.
+copies each batch to the GPU at the start of its own step instead of one step ahead; "reserved-cores"
+keeps ``--reserve-cores`` physical cores free of loader workers (``train.reserve_cores``).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -34,6 +35,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
+from asr.data.cpus import worker_cpus
 from asr.data.prefetch import prefetch_to_device
 from asr.data.shards import ShardBatches, resolve_shards, shard_metadata
 from asr.features import FeatureExtractor
@@ -48,7 +50,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch")
+VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores")
 
 
 def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
@@ -70,11 +72,12 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
     data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0)
     data.label = Labeler(tok, FeatureConfig(), model.cfg.stride)  # in the loader workers, as asr train does
+    cpus = worker_cpus(args.reserve_cores) if variant == "reserved-cores" and args.workers else None
     niceness = args.worker_niceness if args.worker_niceness is not None else (
         GPU_LOADER_NICENESS if device.type == "cuda" else 0)
     loader = DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if args.workers else None,
-                        worker_init_fn=functools.partial(init_loader_worker, niceness=niceness))
+                        worker_init_fn=functools.partial(init_loader_worker, niceness=niceness, cpus=cpus))
     counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
 
     def stream() -> Iterator[dict]:
@@ -254,7 +257,10 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["train"], choices=VARIANTS,
                    help="a row each: train (asr train's set-up), or it with one change: preloaded (batches read "
                         "first, loader workers stopped), torch-ctc (torch's CTC loss), no-prefetch (each batch "
-                        "copied to the GPU at its step's start)")
+                        "copied to the GPU at its step's start), reserved-cores (--reserve-cores physical cores "
+                        "kept free of loader workers)")
+    p.add_argument("--reserve-cores", type=int, default=2, help="for the reserved-cores variant (default 2: the "
+                   "training process's thread and autograd's, which launch the kernels)")
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="the loader workers' niceness (default: asr train's, 10 on a GPU, 0 on the CPU)")
     p.add_argument("--tokenizer", default="sentencepiece", choices=["sentencepiece", "char"],
