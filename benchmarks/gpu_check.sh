@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one run (about eight minutes on one H100; pass the device call a limit of 570 s):
+# The GPU measurements of benchmarks/RESULTS.md in one run (about eight minutes on one H100: give the
+# device call a limit of 570 s):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "flac wav");
 #   1a. the tests that need a GPU (when pytest is importable);
