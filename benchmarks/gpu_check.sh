@@ -57,9 +57,9 @@ done
 long=$work/long_$train_format
 
 if [ "$device" = cuda ] && $py -c "import pytest" 2>/dev/null; then
-  stage "GPU tests"  # the tests that only run where there is a GPU (cuDNN's CTC loss, prefetch, GPU beam search)
-  timeout 120 $py -m pytest -q -p no:cacheprovider tests/test_ctc_loss.py tests/test_prefetch.py tests/test_beam.py \
-      -k "gpu or cuda" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+  stage "GPU tests"  # those of the training step that only run where there is a GPU (cuDNN's CTC loss, prefetch)
+  timeout 120 $py -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/test_ctc_loss.py \
+      tests/test_prefetch.py -k "gpu" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
 fi
 
 if [ "$device" = cuda ]; then
