@@ -38,3 +38,13 @@ def test_on_a_gpu_each_batch_arrives_copied_and_the_next_one_is_already_on_its_w
         assert b["wav"].device.type == "cuda" and b["lengths"].device.type == "cpu" and b["ids"] == ref["ids"]
         torch.testing.assert_close(b["wav"].cpu(), ref["wav"])
     assert len(got) == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_a_gpu_the_steps_first_kernel_sees_the_whole_copy():
+    """The step's stream waits for its batch's copy on the side stream: a kernel queued at once on the
+    step's stream reads all of a large batch (without the wait it would race the copy)."""
+    dev = torch.device("cuda")
+    big = [{"wav": torch.full((64, 2_000_000), i + 1, dtype=torch.int16).pin_memory()} for i in range(3)]
+    sums = [int(b["wav"].sum(dtype=torch.int64)) for b in prefetch_to_device(iter(big), dev)]
+    assert sums == [(i + 1) * 64 * 2_000_000 for i in range(3)]
