@@ -125,8 +125,8 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_l
                 return _CudnnCTC.apply(log_probs, *on_device).sum()
         elif dev not in _unfit_logged:
             _unfit_logged.add(dev)
-            log.info("a batch cuDNN's CTC loss cannot take (longest target %d tokens, over %d?): torch's loss "
-                     "for such batches, which waits for the GPU (logged once)", int(target_lengths.max()),
-                     CUDNN_MAX_TARGET)
+            log.info("a batch that cuDNN's CTC loss cannot take (its longest target: %d tokens; cuDNN takes "
+                     "%d): torch's loss for such batches, which waits for the GPU (said once)",
+                     int(target_lengths.max()), CUDNN_MAX_TARGET)
     return F.ctc_loss(log_probs, to_device(targets, dev), input_lengths, target_lengths, blank=0,
                       reduction="sum", zero_infinity=False)
