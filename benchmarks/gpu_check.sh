@@ -4,9 +4,10 @@
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "flac wav");
 #   1a. the tests that need a GPU (when pytest is importable);
-#   1b. benchmarks/step_parts.py: the step built up part by part on one fixed batch (where the gap
-#       to the bare LSTM goes), at PARTS_BATCHES utterances of 13 s (default "295", the batches of
-#       max_frames 384,000; "295 590" adds 768,000's);
+#   1b. benchmarks/step_parts.py: the step built up part by part (where the gap to the bare LSTM
+#       goes), on one fixed batch and on batches of a fresh shape each run (what a new shape costs),
+#       at PARTS_BATCHES utterances of 13 s (default "295", the batches of max_frames 384,000;
+#       "295 590" adds 768,000's);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
 #      streaming each format's shards as asr train does; for the first format also VARIANTS, each one
 #      change from that (preloaded batches, torch's CTC loss, no prefetch to the GPU, cores reserved);
@@ -65,8 +66,8 @@ fi
 if [ "$device" = cuda ]; then
   stage "step parts"
   for b in ${PARTS_BATCHES:-295}; do
-    timeout 120 $py benchmarks/step_parts.py --hidden 1024 --layers 5 --batch "$b" --seconds 13 --device cuda --bf16 \
-        --lstm-layout "${TRAIN_LAYOUT:-padded}" 2>&1 | tee -a "$out/step_parts.md"
+    timeout 150 $py benchmarks/step_parts.py --hidden 1024 --layers 5 --batch "$b" --seconds 13 --device cuda --bf16 \
+        --shapes both --lstm-layout "${TRAIN_LAYOUT:-padded}" 2>&1 | tee -a "$out/step_parts.md"
   done
 fi
 

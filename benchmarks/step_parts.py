@@ -1,4 +1,4 @@
-"""The training step built up part by part on one fixed batch, beside the bare cuDNN LSTM.
+"""The training step built up part by part, beside the bare cuDNN LSTM.
 
 ``train_throughput.py`` says how far a real step is from the bare ``nn.LSTM`` forward + backward at
 the same shapes; this says which part of the step costs the difference. Each row adds one part to
@@ -16,18 +16,26 @@ the row above and is timed the same way (forward + backward, a sync after each r
    AdamW on a GPU);
 6. + copies: the batch starting in pinned host memory, as the loader hands it over.
 
-The last column is the bare row's time over the row's: what ``train_throughput.py``'s "ours / bare"
-would be if this part were all of the gap.
+"bare / this" is the bare row's time over the row's: what ``train_throughput.py``'s "ours / bare" would
+be if this part were all of the gap.
+
+``--shapes fixed`` times every run on one batch; ``fresh`` gives each run a batch of a shape no run
+before it had (about the same audio, the utterances' length and count changed), as the loader's
+batches come in training, so that what a new shape costs (plans and descriptors made for it, memory
+found for it) shows; ``both`` prints the two side by side. Fixed, a shape's first cost is among the
+untimed runs.
 
     python benchmarks/step_parts.py --hidden 64 --layers 2 --batch 8 --seconds 4 --threads 2   # CPU
-    python benchmarks/step_parts.py --hidden 1024 --layers 5 --batch 295 --seconds 13 --device cuda --bf16
+    python benchmarks/step_parts.py --hidden 1024 --layers 5 --batch 295 --seconds 13 --device cuda --bf16 \
+        --shapes both
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -39,14 +47,16 @@ from asr.text import CharTokenizer
 from asr.train import Counters, compute_loss
 
 
-def median_ms(run: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Median wall ms of ``run()`` followed by a device sync, after two untimed runs."""
+def median_ms(run: Callable[[dict], None], inputs: Callable[[], dict], device: torch.device, repeats: int) -> float:
+    """Median wall ms of ``run(inputs())`` followed by a device sync, after two untimed runs (the
+    inputs are made before the clock starts)."""
     times = []
     for i in range(repeats + 2):
+        inp = inputs()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        run()
+        run(inp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= 2:
@@ -54,22 +64,49 @@ def median_ms(run: Callable[[], None], device: torch.device, repeats: int) -> fl
     return statistics.median(times)
 
 
-def make_batch(b: int, seconds: float, vocab: int, stride: int, seed: int = 0, per_second: float = 8.0) -> dict:
+def fresh_shapes(b: int, seconds: float) -> Iterator[tuple[int, float]]:
+    """(batch, longest seconds) pairs, no two alike, each about ``b`` x ``seconds`` of audio: the
+    longest utterance spread over 60-100% of ``seconds`` (by the golden ratio's multiples: never the
+    same twice), the batch bigger as it is shorter."""
+    for k in itertools.count(1):  # k = 0 would be the fixed batch's shape
+        s = seconds * (1 - 0.4 * ((k * 0.6180339887) % 1))
+        yield max(1, round(b * seconds / s)), s
+
+
+def make_batch(b: int, seconds: float, vocab: int, stride: int, seed: int = 0, per_second: float = 8.0,
+               device: torch.device = torch.device("cpu")) -> dict:
     """A labelled batch as the loader's workers hand it over: ``b`` utterances of 16-bit noise, 80-100%
     of ``seconds`` long (the first exactly), with random CTC-feasible targets of ``per_second`` tokens a
-    second (8: conf/large.yaml's SentencePiece units on LibriSpeech-length speech, ~90 in 12 s)."""
+    second (8: conf/large.yaml's SentencePiece units on LibriSpeech-length speech, ~90 in 12 s). The
+    noise is drawn on ``device`` (quicker on a GPU) and handed over on the host."""
     g = torch.Generator().manual_seed(seed)
     n = int(seconds * 16000)
     lengths = torch.randint(int(0.8 * n), n + 1, (b,), generator=g)
     lengths[0] = n
-    wav = (torch.randn(b, n, generator=g) * 3000).to(torch.int16)
-    wav *= (torch.arange(n)[None, :] < lengths[:, None]).to(torch.int16)
+    noise = torch.Generator(device).manual_seed(seed)
+    wav = (torch.randn(b, n, generator=noise, device=device) * 3000).to(torch.int16)
+    wav *= (torch.arange(n, device=device)[None, :] < lengths.to(device)[:, None]).to(torch.int16)
+    wav = wav.cpu()
     cfg = FeatureConfig()
     frames = subsampled_lengths(frame_lengths(lengths, cfg), stride)
     tlen = torch.minimum((lengths.float() / 16000 * per_second).long(), frames // 2).clamp(min=1)
     targets = torch.randint(1, vocab, (int(tlen.sum()),), generator=g)
     return {"ids": [f"u{i}" for i in range(b)], "lengths": lengths, "wav": wav, "targets": targets,
             "target_lengths": tlen, "dropped": []}
+
+
+def step_inputs(b: int, seconds: float, args, frontend: FeatureExtractor, device: torch.device, seed: int) -> dict:
+    """What the rows start from: the batch on the host (``host``) and on ``device`` (``on_device``),
+    its features and frame lengths (``feats``, ``flen``), and the bare LSTM's input (``x``)."""
+    host = make_batch(b, seconds, args.vocab, args.stride, seed, device=device)
+    if device.type == "cuda":  # as the loader hands batches over to a GPU
+        host = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in host.items()}
+    on_device = {k: to_device(v, device) if k in ("wav", "targets") else v for k, v in host.items()}
+    with torch.no_grad():
+        feats, _ = frontend(on_device["wav"], to_device(host["lengths"], device))
+    flen = frame_lengths(host["lengths"], FeatureConfig()).clamp(max=feats.shape[1])
+    x = torch.randn(b, int(subsampled_lengths(flen, args.stride).max()), args.hidden, device=device, requires_grad=True)
+    return {"host": host, "on_device": on_device, "feats": feats, "flen": flen, "x": x}
 
 
 def main() -> None:
@@ -85,6 +122,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--shapes", default="fixed", choices=["fixed", "fresh", "both"],
+                   help="time every run on one batch, or each on a batch of a shape not seen before (as in "
+                        "training), or both side by side")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,30 +135,22 @@ def main() -> None:
     model = AcousticModel(cfg, 80, args.vocab).to(device).train()
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
-    host = make_batch(args.batch, args.seconds, args.vocab, args.stride)
-    if device.type == "cuda":
-        host = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in host.items()}
-    on_device = {k: to_device(v, device) if k in ("wav", "targets") else v for k, v in host.items()}
-    with torch.no_grad():
-        feats, flen = frontend(on_device["wav"], to_device(host["lengths"], device))
-    flen_host = frame_lengths(host["lengths"], FeatureConfig()).clamp(max=feats.shape[1])
+    fixed = step_inputs(args.batch, args.seconds, args, frontend, device, seed=0)
     counters = Counters()
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)  # noqa: E731
-
     bare = torch.nn.LSTM(args.hidden, args.hidden, args.layers, bidirectional=True, batch_first=True).to(device)
-    x = torch.randn(args.batch, int(subsampled_lengths(flen_host, args.stride).max()), args.hidden, device=device,
-                    requires_grad=True)
 
-    def run_bare() -> None:
+    def run_bare(inp: dict) -> None:
         with autocast():
-            y, _ = bare(x)
+            y, _ = bare(inp["x"])
         y.float().sum().backward()
 
-    def run_model(ctc: str | None) -> None:
+    def run_model(inp: dict, ctc: str | None) -> None:
         with autocast():
-            log_probs, out_len = model(feats, flen_host)
+            log_probs, out_len = model(inp["feats"], inp["flen"])
         if ctc:
             lp = log_probs.float().transpose(0, 1)
+            host = inp["host"]
             ctc_loss(lp, host["targets"], out_len, host["target_lengths"], ctc).backward()
         else:
             log_probs.sum().backward()
@@ -133,23 +165,33 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
 
     rows = [("bare nn.LSTM, forward + backward", run_bare),
-            (f"model ({args.lstm_layout}), summed log-probs", lambda: run_model(None)),
-            ("+ CTC loss, torch's", lambda: run_model("torch")),
-            ("+ CTC loss, cuDNN's where it fits (asr train's)", lambda: run_model("auto")),
-            ("+ features and SpecAugment", lambda: run_step(on_device, False)),
-            ("+ gradient norm, read, optimizer", lambda: run_step(on_device, True)),
-            ("+ batch from pinned host memory", lambda: run_step(host, True))]
+            (f"model ({args.lstm_layout}), summed log-probs", lambda inp: run_model(inp, None)),
+            ("+ CTC loss, torch's", lambda inp: run_model(inp, "torch")),
+            ("+ CTC loss, cuDNN's where it fits (asr train's)", lambda inp: run_model(inp, "auto")),
+            ("+ features and SpecAugment", lambda inp: run_step(inp["on_device"], False)),
+            ("+ gradient norm, read, optimizer", lambda inp: run_step(inp["on_device"], True)),
+            ("+ batch from pinned host memory", lambda inp: run_step(inp["host"], True))]
+    modes = ["fixed", "fresh"] if args.shapes == "both" else [args.shapes]
+    shapes = fresh_shapes(args.batch, args.seconds)  # one sequence for all rows: no row sees another's shapes
+    made = itertools.count(1)
+    sources = {"fixed": lambda: fixed,
+               "fresh": lambda: step_inputs(*next(shapes), args, frontend, device, seed=next(made))}
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; "
-          f"{args.layers}x{args.hidden}; batch {args.batch} x {args.seconds:g} s (LSTM input {tuple(x.shape)}); "
+          f"{args.layers}x{args.hidden}; batch {args.batch} x {args.seconds:g} s (LSTM input {tuple(fixed['x'].shape)}"
+          f"{'; fresh shapes: about as much audio, the longest utterance 60-100% as long' if 'fresh' in modes else ''}); "
           f"bf16 {args.bf16}; torch {torch.__version__}")
-    print("| part | median ms | bare / this |")
-    print("| --- | ---: | ---: |")
-    base = None
+    heads = [("fixed batch" if m == "fixed" else "fresh shapes") for m in modes]
+    print("| part | " + " | ".join(f"{h}: median ms | bare / this" for h in heads) + " |")
+    print("| --- |" + " ---: | ---: |" * len(modes))
+    base: dict[str, float] = {}
     for name, run in rows:
-        ms = median_ms(run, device, args.repeats)
-        model.zero_grad(set_to_none=True)
-        base = base or ms
-        print(f"| {name} | {ms:.2f} | {100 * base / ms:.0f}% |", flush=True)
+        cells = []
+        for mode in modes:
+            ms = median_ms(run, sources[mode], device, args.repeats)
+            model.zero_grad(set_to_none=True)
+            base.setdefault(mode, ms)
+            cells.append(f"{ms:.2f} | {100 * base[mode] / ms:.0f}%")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

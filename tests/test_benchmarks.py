@@ -5,6 +5,8 @@ RESULTS.md can always be reproduced with the script as it is.
 """
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import re
 import subprocess
 import sys
@@ -114,16 +116,28 @@ def test_first_batch_reports_when_each_batch_arrives(train_shards):
 
 def test_step_parts_builds_the_step_up_from_the_bare_lstm():
     out = run_script("benchmarks/step_parts.py", "--hidden", "8", "--layers", "2", "--batch", "3", "--seconds", "1",
-                     "--repeats", "2", "--threads", "1")
+                     "--repeats", "2", "--threads", "1", "--shapes", "both")
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["bare nn.LSTM, forward + backward", "model (padded), summed log-probs",
                                     "+ CTC loss, torch's", "+ CTC loss, cuDNN's where it fits (asr train's)",
                                     "+ features and SpecAugment", "+ gradient norm, read, optimizer",
                                     "+ batch from pinned host memory"]
-    ms = [float(r[1]) for r in rows]
-    assert all(m > 0 for m in ms) and rows[0][2] == "100%"
-    for m, r in zip(ms, rows):  # the printed ms are rounded; at these sizes they are ~1 ms
-        assert abs(float(r[2].rstrip("%")) - 100 * ms[0] / m) <= 3.0
+    for col in (1, 3):  # fixed batch, fresh shapes: each against its own bare row
+        ms = [float(r[col]) for r in rows]
+        assert all(m > 0 for m in ms) and rows[0][col + 1] == "100%"
+        for m, r in zip(ms, rows):  # the printed ms are rounded; at these sizes they are ~1 ms
+            assert abs(float(r[col + 1].rstrip("%")) - 100 * ms[0] / m) <= 3.0
+
+
+def test_step_parts_fresh_shapes_never_repeat_and_keep_the_audio():
+    spec = importlib.util.spec_from_file_location("step_parts", REPO / "benchmarks" / "step_parts.py")
+    step_parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_parts)
+    shapes = list(itertools.islice(step_parts.fresh_shapes(295, 13.0), 300))
+    samples = [(b, int(s * 16000)) for b, s in shapes]
+    assert len(set(samples)) == 300 and (295, 13 * 16000) not in samples  # none is the fixed batch's
+    assert all(7.8 <= s <= 13.0 for _, s in shapes)
+    assert all(abs(b * s - 295 * 13.0) <= 13.0 for b, s in shapes)  # within one utterance of the fixed batch's audio
 
 
 def test_train_throughput_preloaded_row_trains_on_the_same_batches(train_shards):
