@@ -7,7 +7,8 @@ Markdown table: audio seconds per wall second (x real time), padding fraction, t
 time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
 host-device synchronisations per step (each one idles the GPU while the host catches up; with
 ``--profile``, where they come from) and the peak GPU memory of the training steps (what bounds
-``max_frames``). ``--variants`` adds rows that each change one thing from asr train's set-up
+``max_frames``), and how often its memory allocators called the driver in the timed steps (a step with
+only cached memory calls it never). ``--variants`` adds rows that each change one thing from asr train's set-up
 ("train"), on the same batches: "preloaded" reads them before the steps and stops the loader's
 workers (what the workers cost the training process beside data wait: they share its cores);
 "torch-ctc" takes torch's CTC loss (8 host-device waits a step) in place of cuDNN's; "no-prefetch"
@@ -48,6 +49,22 @@ from asr.train import GPU_LOADER_NICENESS, Counters, compute_loss, init_loader_w
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+ALLOCATOR_EVENTS = {"num_device_alloc": "GPU allocations (cudaMalloc)", "num_device_free": "GPU frees (cudaFree: waits)",
+                    "num_alloc_retries": "allocator retries (cache flushed: waits)",
+                    "host:num_host_alloc": "pinned host allocations", "host:num_host_free": "pinned host frees"}
+
+
+def allocator_events(device: torch.device) -> Counter:
+    """The CUDA caching allocators' event counters so far (ALLOCATOR_EVENTS): each one is a call into
+    the driver that a step with only cached memory would not make; empty on the CPU."""
+    if device.type != "cuda":
+        return Counter()
+    stats = torch.cuda.memory_stats(device)
+    host = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
+    return Counter({k: (host if k.startswith("host:") else stats).get(k.removeprefix("host:"), 0)
+                    for k in ALLOCATOR_EVENTS})
 
 
 VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores")
@@ -122,8 +139,10 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step = 0
+    step, events = 0, Counter()
     while step < args.warmup + args.steps:
+        if step == args.warmup and not step_times:
+            events = allocator_events(device)
         t0 = time.perf_counter()
         batch = next(source, None)
         if batch is None:
@@ -144,6 +163,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
         step += 1
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
+    events = allocator_events(device) - events  # in the timed steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     name = f"{size} {layout}" + (f", {variant}" if variant != "train" else "")
     syncs = count_syncs(train_step, source, name, args.profile) if device.type == "cuda" else None
@@ -152,7 +172,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     busy = profile_steps(train_step, source, name, profile, device) if profile else None
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
-            "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak}
+            "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak, "events": events}
 
 
 def count_syncs(train_step, batches, size: str, path: str | None, steps: int = 3) -> float:
@@ -305,6 +325,9 @@ def main() -> None:
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
               f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} | "
               f"{'n/a' if res['peak_gib'] is None else format(res['peak_gib'], '.1f')} |", flush=True)
+        if device.type == "cuda":
+            print(f"{res['size']}: in the {args.steps} timed steps, " + ", ".join(
+                f"{res['events'][k]} {what}" for k, what in ALLOCATOR_EVENTS.items()), flush=True)
         if res["busy"] is not None:
             print(f"{res['size']}: GPU busy in 3 profiled steps: ours {100 * res['busy']:.0f}%, bare nn.LSTM "
                   f"{100 * res.get('bare_busy', float('nan')):.0f}% of the wall time", flush=True)

@@ -129,10 +129,16 @@ def test_step_parts_builds_the_step_up_from_the_bare_lstm():
             assert abs(float(r[col + 1].rstrip("%")) - 100 * ms[0] / m) <= 3.0
 
 
+def load_benchmark(name: str):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_step_parts_fresh_shapes_never_repeat_and_keep_the_audio():
-    spec = importlib.util.spec_from_file_location("step_parts", REPO / "benchmarks" / "step_parts.py")
-    step_parts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(step_parts)
+    step_parts = load_benchmark("step_parts")
     shapes = list(itertools.islice(step_parts.fresh_shapes(295, 13.0), 300))
     samples = [(b, int(s * 16000)) for b, s in shapes]
     assert len(set(samples)) == 300 and (295, 13 * 16000) not in samples  # none is the fixed batch's
@@ -150,3 +156,16 @@ def test_train_throughput_preloaded_row_trains_on_the_same_batches(train_shards)
                                     "1x16 padded, no-prefetch", "1x16 padded, reserved-cores"]
     assert len({r[5] for r in rows}) == 1  # the same batches in every row: the same padding fraction
     assert float(rows[1][6].rstrip("%")) < 1.0  # nothing to wait for once the batches are in memory
+
+
+def test_train_throughput_counts_the_allocators_driver_calls(monkeypatch):
+    tt = load_benchmark("train_throughput")
+    assert tt.allocator_events(torch.device("cpu")) == {}
+    device_stats = {"num_device_alloc": 7, "num_device_free": 1, "num_alloc_retries": 0, "allocated.all.current": 99}
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device=None: dict(device_stats))
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {"num_host_alloc": 3, "num_host_free": 2})
+    before = tt.allocator_events(torch.device("cuda"))
+    assert before == {"num_device_alloc": 7, "num_device_free": 1, "num_alloc_retries": 0,
+                      "host:num_host_alloc": 3, "host:num_host_free": 2}
+    device_stats["num_device_alloc"] = 12
+    assert tt.allocator_events(torch.device("cuda")) - before == {"num_device_alloc": 5}
