@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one run (about eight minutes on one H100: give the
-# device call a limit of 570 s):
+# The GPU measurements of benchmarks/RESULTS.md in one run (about nine minutes on one H100, an
+# estimate: give the device call its whole limit, 600 s; the short `asr train` run is last, so it is
+# what a tight limit cuts):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "flac wav");
 #   1a. the tests that need a GPU (when pytest is importable);
@@ -10,25 +11,28 @@
 #       "295 590" adds 768,000's);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
 #      streaming each format's shards as asr train does; for the first format also VARIANTS, each one
-#      change from that (preloaded batches, torch's CTC loss, no prefetch to the GPU, cores reserved);
-#   3. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
-#   4. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
+#      change from that (preloaded batches, torch's CTC loss, cores reserved);
+#   3. the same at a second frame budget, EXTRA_FRAMES (default 768000: twice the batch, so each of
+#      cuDNN's per-time-step kernels has twice the work and the launches weigh half as much; peak
+#      memory ~40 GiB), on the last format's shards (EXTRA_FRAMES= skips it);
+#   4. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
+#   5. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
 # (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
 # Each stage is time-limited and runs whatever the one before did; logs go to OUT.
 #
 #   bash benchmarks/gpu_check.sh SRC_SHARDS OUT [EMISSIONS LM TUNE]
 # It needs the package's Python dependencies (soundfile, webdataset, jiwer, ...) importable and
 # `asr` on PYTHONPATH; the H100 runs of 2026-11-27 installed them from carried wheels first.
-# Smaller settings for a CPU dry run: DEVICE=cpu SIZES=2x64 HOURS=0.3 MAX_FRAMES=20000 STEPS=3 ...
+# Smaller settings for a CPU dry run: DEVICE=cpu SIZES=2x64 HOURS=0.3 MAX_FRAMES=20000 EXTRA_FRAMES=40000 STEPS=3 ...
 # BEFORE=DIR: also measure the training throughput of an older checkout (its asr/ and benchmarks/,
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
-# EXTRA_FRAMES=N: also measure ours and the bare LSTM at a second frame budget (bigger batches,
-# fewer launches per second of audio), after the `asr train` run. SMALL=1: also the 4 x 320 model.
+# SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train preloaded torch-ctc no-prefetch
-# reserved-cores": asr train's set-up, then the same with the loader's workers stopped, which shows
-# what they cost the training process's host threads; with torch's CTC loss; with each batch copied
-# at its own step's start; with two physical cores kept free of workers);
+# VARIANTS: its rows for the first format (default "train preloaded torch-ctc reserved-cores": asr
+# train's set-up, then the same with the loader's workers stopped, which shows what they cost the
+# training process's host threads; with torch's CTC loss; with two physical cores kept free of
+# workers; "no-prefetch", each batch copied at its own step's start, is left out by default:
+# step_parts.py's last row already prices that copy);
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
@@ -80,7 +84,8 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train preloaded torch-ctc no-prefetch reserved-cores}
+variants=${VARIANTS:-train preloaded torch-ctc reserved-cores}
+extra_frames=${EXTRA_FRAMES-768000}
 for fmt in $formats; do
   stage "training throughput, $fmt shards"
   timeout 420 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \
@@ -89,6 +94,13 @@ for fmt in $formats; do
   variants=train  # the variants do not depend on the shards' format: measured once
 done
 
+if [ -n "$extra_frames" ]; then
+  stage "training throughput, max_frames $extra_frames"
+  timeout 240 $py benchmarks/train_throughput.py --shards "$long/train.index.json" --sizes $sizes \
+      --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$extra_frames" --workers "$workers" --device "$device" --profile "$out/profile_$extra_frames.txt" 2>&1 \
+      | tee "$out/throughput_frames_$extra_frames.md"
+fi
+
 stage "asr train, large config, $train_format shards"
 rm -rf "$work/exp"
 timeout 150 $py -m asr train --config conf/large.yaml --train "$long/train.index.json" --exp "$work/exp" \
@@ -96,13 +108,6 @@ timeout 150 $py -m asr train --config conf/large.yaml --train "$long/train.index
     train.max_frames="${TRAIN_FRAMES:-$max_frames}" train.num_workers="$workers" model.lstm_layout="${TRAIN_LAYOUT:-padded}" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
     | tail -40 | tee "$out/train.log"
 cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
-
-if [ -n "${EXTRA_FRAMES:-}" ]; then
-  stage "training throughput, max_frames $EXTRA_FRAMES"
-  timeout 240 $py benchmarks/train_throughput.py --shards "$long/train.index.json" --sizes $sizes \
-      --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$EXTRA_FRAMES" --workers "$workers" --device "$device" --profile "$out/profile_$EXTRA_FRAMES.txt" 2>&1 \
-      | tee "$out/throughput_frames_$EXTRA_FRAMES.md"
-fi
 
 [ "$device" = cuda ] && [ -n "${SMALL:-}" ] && timeout 180 $py benchmarks/train_throughput.py --shards "$long/train.index.json" \
     --sizes 4x320 --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
