@@ -107,6 +107,10 @@ class TrainConfig:
     max_frames: int = 40000  # feature frames (10 ms) per batch, padding included
     max_batch: int = 128
     num_buckets: int = 10
+    # Pad each batch to a multiple of this many frames (1: to its longest utterance). Batches then
+    # come in fewer shapes, for GPU libraries that set work up once per new shape (cuDNN's RNN and
+    # convolution, cuFFT's plans), at the cost of more padding; not measured on a GPU yet.
+    pad_to_frames: int = 1
     shuffle_buffer: int = 2000
     num_workers: int = 1
     accum_steps: int = 1
@@ -251,6 +255,7 @@ RULES: dict[str, Rule] = {
     "train.max_frames": _at_least(1),
     "train.max_batch": _at_least(1),
     "train.num_buckets": _at_least(1),
+    "train.pad_to_frames": _at_least(1),
     "train.shuffle_buffer": _at_least(1),
     "train.num_workers": _at_least(0),
     "train.accum_steps": _at_least(1),

@@ -413,7 +413,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     # Setup: tokenizer, CMVN, model, optimizer, schedule.
     tokenizer = tokenizer_from_state(state["tokenizer"]) if state else fit_tokenizer(cfg, train_shards)
     data = ShardBatches(train_shards, tc.max_frames, tc.max_batch, tc.num_buckets, tc.max_duration,
-                        tc.shuffle_buffer, tc.seed, dd.rank, dd.world)
+                        tc.shuffle_buffer, tc.seed, dd.rank, dd.world, pad_to=tc.pad_to_frames)
     data.check_split(tc.num_workers)
     # The loader gets its own generator: starting an epoch must not draw from the global RNG, or a
     # resumed run would diverge from an uninterrupted one.

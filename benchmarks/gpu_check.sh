@@ -11,7 +11,8 @@
 #       "295 590" adds 768,000's);
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
 #      streaming each format's shards as asr train does; for the first format also VARIANTS, each one
-#      change from that (preloaded batches, torch's CTC loss, cores reserved);
+#      change from that (preloaded batches, torch's CTC loss, cores reserved, batches padded to
+#      multiples of 64 frames);
 #   3. the same at a second frame budget, EXTRA_FRAMES (default 768000: twice the batch, so each of
 #      cuDNN's per-time-step kernels has twice the work and the launches weigh half as much; peak
 #      memory ~40 GiB), on the last format's shards (EXTRA_FRAMES= skips it);
@@ -28,11 +29,11 @@
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train preloaded torch-ctc reserved-cores": asr
-# train's set-up, then the same with the loader's workers stopped, which shows what they cost the
+# VARIANTS: its rows for the first format (default "train preloaded torch-ctc reserved-cores pad-to":
+# asr train's set-up, then the same with the loader's workers stopped, which shows what they cost the
 # training process's host threads; with torch's CTC loss; with two physical cores kept free of
-# workers; "no-prefetch", each batch copied at its own step's start, is left out by default:
-# step_parts.py's last row already prices that copy);
+# workers; with batches padded to multiples of 64 frames, fewer shapes; "no-prefetch", each batch
+# copied at its own step's start, is left out by default: step_parts.py's last row prices that copy);
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
@@ -84,7 +85,7 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train preloaded torch-ctc reserved-cores}
+variants=${VARIANTS:-train preloaded torch-ctc reserved-cores pad-to}
 extra_frames=${EXTRA_FRAMES-768000}
 for fmt in $formats; do
   stage "training throughput, $fmt shards"

@@ -13,7 +13,10 @@ only cached memory calls it never). ``--variants`` adds rows that each change on
 workers (what the workers cost the training process beside data wait: they share its cores);
 "torch-ctc" takes torch's CTC loss (8 host-device waits a step) in place of cuDNN's; "no-prefetch"
 copies each batch to the GPU at the start of its own step instead of one step ahead; "reserved-cores"
-keeps ``--reserve-cores`` physical cores free of loader workers (``train.reserve_cores``).
+keeps ``--reserve-cores`` physical cores free of loader workers (``train.reserve_cores``); "pad-to"
+pads each batch to a multiple of ``--pad-to`` frames (``train.pad_to_frames``: fewer distinct batch
+shapes, more padding; its batches differ, and its bare LSTM runs on them). Each row also says how many
+distinct batch shapes its timed steps had.
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -67,7 +70,7 @@ def allocator_events(device: torch.device) -> Counter:
                     for k in ALLOCATOR_EVENTS})
 
 
-VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores")
+VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores", "pad-to")
 
 
 def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
@@ -87,7 +90,8 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     model = AcousticModel(cfg, 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
-    data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0)
+    data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0,
+                        pad_to=args.pad_to if variant == "pad-to" else 1)
     data.label = Labeler(tok, FeatureConfig(), model.cfg.stride)  # in the loader workers, as asr train does
     cpus = worker_cpus(args.reserve_cores) if variant == "reserved-cores" and args.workers else None
     niceness = args.worker_niceness if args.worker_niceness is not None else (
@@ -95,7 +99,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     loader = DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if args.workers else None,
                         worker_init_fn=functools.partial(init_loader_worker, niceness=niceness, cpus=cpus))
-    counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
+    counters, shapes, step_times, waits, audio, padding, batch_shapes = Counters(), [], [], [], [], [], set()
 
     def stream() -> Iterator[dict]:
         """The loader's batches, pass after pass (a small shard set runs out)."""
@@ -158,8 +162,9 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
             waits.append(t1 - t0)
             audio.append(stats["audio_s"])
             padding.append(stats["padding"])
-            frames = int(batch["lengths"].max()) // 160 + 1
+            frames = batch["wav"].shape[1] // 160 + 1  # padded as the batch is: its longest, or --pad-to's
             shapes.append((stats["utts"], (frames + 3) // 4, stats["audio_s"]))
+            batch_shapes.add(tuple(batch["wav"].shape))
         step += 1
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
@@ -172,7 +177,8 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     busy = profile_steps(train_step, source, name, profile, device) if profile else None
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
-            "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak, "events": events}
+            "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak, "events": events,
+            "distinct_shapes": len(batch_shapes)}
 
 
 def count_syncs(train_step, batches, size: str, path: str | None, steps: int = 3) -> float:
@@ -280,9 +286,11 @@ def main() -> None:
                    help="a row each: train (asr train's set-up), or it with one change: preloaded (batches read "
                         "first, loader workers stopped), torch-ctc (torch's CTC loss), no-prefetch (each batch "
                         "copied to the GPU at its step's start), reserved-cores (--reserve-cores physical cores "
-                        "kept free of loader workers)")
+                        "kept free of loader workers), pad-to (batches padded to a multiple of --pad-to frames)")
     p.add_argument("--reserve-cores", type=int, default=2, help="for the reserved-cores variant (default 2: the "
                    "training process's thread and autograd's, which launch the kernels)")
+    p.add_argument("--pad-to", type=int, default=64, help="for the pad-to variant: pad each batch to a multiple of "
+                   "this many frames (default 64: 0.64 s, 16 output frames at stride 4)")
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="the loader workers' niceness (default: asr train's, 10 on a GPU, 0 on the CPU)")
     p.add_argument("--tokenizer", default="sentencepiece", choices=["sentencepiece", "char"],
@@ -325,9 +333,9 @@ def main() -> None:
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
               f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} | "
               f"{'n/a' if res['peak_gib'] is None else format(res['peak_gib'], '.1f')} |", flush=True)
-        if device.type == "cuda":
-            print(f"{res['size']}: in the {args.steps} timed steps, " + ", ".join(
-                f"{res['events'][k]} {what}" for k, what in ALLOCATOR_EVENTS.items()), flush=True)
+        print(f"{res['size']}: in the {args.steps} timed steps, {res['distinct_shapes']} distinct batch shapes"
+              + "".join(f", {res['events'][k]} {what}" for k, what in ALLOCATOR_EVENTS.items()
+                        if device.type == "cuda"), flush=True)
         if res["busy"] is not None:
             print(f"{res['size']}: GPU busy in 3 profiled steps: ours {100 * res['busy']:.0f}%, bare nn.LSTM "
                   f"{100 * res.get('bare_busy', float('nan')):.0f}% of the wall time", flush=True)

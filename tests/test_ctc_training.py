@@ -3,6 +3,7 @@ labelling in the loader workers, a forward pass that reads nothing back from the
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -252,3 +253,22 @@ def test_adam_beta2_reaches_the_optimizer(train_shards, tmp_path):
     T.train(tiny_experiment(epochs=1, adam_beta2=0.98), train_shards, [], tmp_path / "exp", device="cpu")
     state = torch.load(tmp_path / "exp" / "ckpt" / "state.pt", weights_only=False)
     assert tuple(state["optimizer"]["param_groups"][0]["betas"]) == (0.9, 0.98)
+
+
+def test_pad_to_frames_reaches_the_batches(train_shards, tmp_path):
+    """train.pad_to_frames: every logged step's batch is padded to a multiple of it (the step log's
+    padding fraction then exceeds the plain run's), and training still runs."""
+    import json
+
+    import asr.train as T
+
+    runs = {}
+    for pad in (1, 64):
+        exp = tmp_path / f"pad{pad}"
+        T.train(tiny_experiment(epochs=1, pad_to_frames=pad), train_shards, [], exp, device="cpu")
+        runs[pad] = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines()]
+        runs[pad] = [r for r in runs[pad] if "padding" in r]
+    assert runs[1] and runs[64] and all(math.isfinite(r["loss"]) for r in runs[64])
+    # 0.30-0.45 s utterances are 31-46 frames: padded to 64, at least 28% of every batch is padding.
+    assert all(r["padding"] >= 0.28 for r in runs[64])
+    assert sum(r["padding"] for r in runs[64]) / len(runs[64]) > sum(r["padding"] for r in runs[1]) / len(runs[1])

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from asr.audio import load_audio
 from asr.data.manifest import Utterance
-from asr.data.shards import (HOP, Sample, ShardBatches, bucket_batches, bucket_edges, pad_batch, resolve_shards,
-                             shard_metadata, write_shards)
+from asr.data.shards import (HOP, Sample, ShardBatches, bucket_batches, bucket_edges, pad_batch, padded_frames,
+                             resolve_shards, shard_metadata, write_shards)
 from tests.conftest import int16_roundtrip, write_audio
 
 NUM = 14
@@ -44,10 +44,12 @@ def corpus(tmp_path_factory):
     return root, utts, [str(s) for s in shards], expected
 
 
-def collect(batches) -> list[tuple[str, np.ndarray, str]]:
+def collect(batches, pad_to: int = 1) -> list[tuple[str, np.ndarray, str]]:
     out = []
     for b in batches:
-        assert b["wav"].shape == (len(b["ids"]), int(b["lengths"].max()))
+        frames = int(b["lengths"].max()) // HOP + 1
+        assert b["wav"].shape == (len(b["ids"]), int(b["lengths"].max()) if pad_to == 1
+                                  else -(-frames // pad_to) * pad_to * HOP - 1)
         assert b["wav"].dtype == torch.int16  # 16-bit PCM: half the bytes of float32
         for i, uid in enumerate(b["ids"]):
             n = int(b["lengths"][i])
@@ -241,6 +243,44 @@ def test_pad_batch():
     b = pad_batch([Sample("a", torch.ones(3), "A", None), Sample("b", torch.full((5,), 2.0), "B", "s")])
     assert b["ids"] == ["a", "b"] and b["texts"] == ["A", "B"] and b["lengths"].tolist() == [3, 5]
     assert b["wav"].tolist() == [[1, 1, 1, 0, 0], [2, 2, 2, 2, 2]]
+
+
+def test_pad_batch_to_a_multiple_of_frames():
+    samples = [Sample("a", torch.ones(3 * HOP + 7), "A", None), Sample("b", torch.ones(HOP), "B", None)]
+    b = pad_batch(samples, pad_to=8)  # the longest: 3 * HOP + 7 samples, 4 frames -> 8 frames
+    assert b["lengths"].tolist() == [3 * HOP + 7, HOP]
+    assert b["wav"].shape == (2, 8 * HOP - 1) and b["wav"].shape[1] // HOP + 1 == 8
+    assert b["wav"][0, : 3 * HOP + 7].eq(1).all() and b["wav"][0, 3 * HOP + 7 :].eq(0).all()
+    for n in range(1, 3 * HOP):  # every length: frames a multiple of pad_to, never shorter than the longest
+        wav = pad_batch([Sample("a", torch.ones(n), "A", None)], pad_to=4)["wav"]
+        assert wav.shape[1] >= n and (wav.shape[1] // HOP + 1) % 4 == 0 and wav.shape[1] // HOP + 1 < n // HOP + 5
+    assert pad_batch(samples, pad_to=1)["wav"].shape == (2, 3 * HOP + 7)
+    assert [padded_frames(f, 16) for f in (1, 16, 17, 32)] == [16, 16, 32, 32]
+
+
+def test_bucket_batches_budget_counts_the_padding_to_a_multiple():
+    frames = [10, 50, 12, 45, 30, 11, 60, 9, 48, 33, 21, 17]
+    samples = [_sample(f"u{i}", f) for i, f in enumerate(frames)]
+    batches = list(bucket_batches(iter(samples), max_frames=128, max_batch=8, boundaries=[0.2], pad_to=16))
+    assert sorted(s.id for b in batches for s in b) == sorted(s.id for s in samples)
+    for b in batches:
+        assert len(b) * padded_frames(max(s.wav.shape[0] // HOP + 1 for s in b), 16) <= 128
+    # Unpadded, the short ones make one batch of six that padding to 16 frames would take past the budget.
+    plain = list(bucket_batches(iter(samples), max_frames=128, max_batch=8, boundaries=[0.2]))
+    assert max(len(b) * padded_frames(max(s.wav.shape[0] // HOP + 1 for s in b), 16) for b in plain) > 128
+
+
+def test_batches_padded_to_a_multiple_come_in_fewer_shapes(corpus):
+    _, _, shards, expected = corpus
+    kw = dict(max_frames=300, max_batch=8, num_buckets=3, max_duration=2.0, shuffle_buffer=5, seed=3)
+    plain, padded = list(ShardBatches(shards, **kw)), list(ShardBatches(shards, **kw, pad_to=32))
+    assert len({b["wav"].shape[1] for b in padded}) < len({b["wav"].shape[1] for b in plain})
+    assert all((b["wav"].shape[1] // HOP + 1) % 32 == 0 for b in padded)
+    assert all(len(b["ids"]) * (b["wav"].shape[1] // HOP + 1) <= 300 or len(b["ids"]) == 1 for b in padded)
+    got = collect(padded, pad_to=32)  # the same audio, zeros after each length
+    assert Counter(uid for uid, _, _ in got) == Counter(expected.keys())
+    for uid, wav, _ in got:
+        np.testing.assert_array_equal(wav, expected[uid][0])
 
 
 def test_bucket_leftovers_are_packed_together_not_one_small_batch_per_bucket():

@@ -231,14 +231,24 @@ def shuffled(items: Iterator, bufsize: int, rng: random.Random, initial: int | N
     yield from buf
 
 
-def pad_batch(samples: list[Sample], int16: bool = False) -> dict:
-    """Samples (float32 or int16) -> {"ids", "texts", "speakers", "wav" (B, S max) zero-padded, "lengths" (B,)}.
+def padded_frames(frames: int, multiple: int = 1) -> int:
+    """``frames`` rounded up to a multiple of ``multiple`` (a batch's padded length, in frames)."""
+    return -(-frames // multiple) * multiple
 
-    ``int16``: "wav" as 16-bit PCM (lossless for shard audio, which is 16-bit FLAC): half the bytes
-    to pass from loader workers, pin and copy to the GPU; ``LogMel`` takes either.
+
+def pad_batch(samples: list[Sample], int16: bool = False, pad_to: int = 1) -> dict:
+    """Samples (float32 or int16) -> {"ids", "texts", "speakers", "wav" (B, S) zero-padded, "lengths" (B,)}.
+
+    S is the longest sample's length, or with ``pad_to`` > 1 the length whose feature frames are the
+    longest sample's rounded up to a multiple of ``pad_to`` (so batch shapes repeat; see
+    ``ShardBatches``). ``int16``: "wav" as 16-bit PCM (lossless for shard audio, which is 16-bit FLAC):
+    half the bytes to pass from loader workers, pin and copy to the GPU; ``LogMel`` takes either.
     """
     lengths = torch.tensor([s.wav.shape[0] for s in samples], dtype=torch.long)
-    wav = torch.zeros(len(samples), int(lengths.max()) if samples else 0, dtype=torch.int16 if int16 else torch.float32)
+    longest = int(lengths.max()) if samples else 0
+    if samples and pad_to > 1:  # frames of S samples: S // HOP + 1
+        longest = padded_frames(longest // HOP + 1, pad_to) * HOP - 1
+    wav = torch.zeros(len(samples), longest, dtype=torch.int16 if int16 else torch.float32)
     for i, s in enumerate(samples):
         if int16:
             wav[i, : s.wav.shape[0]] = s.wav if s.wav.dtype == torch.int16 else to_pcm16(s.wav)
@@ -249,9 +259,10 @@ def pad_batch(samples: list[Sample], int16: bool = False) -> dict:
 
 
 def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, boundaries: list[float],
-                   first_max_frames: int | None = None) -> Iterator[list[Sample]]:
+                   first_max_frames: int | None = None, pad_to: int = 1) -> Iterator[list[Sample]]:
     """Group samples of similar duration so that batch size x longest frames <= ``max_frames``
-    (``first_max_frames`` for the first batch, if given).
+    (``first_max_frames`` for the first batch, if given); with ``pad_to``, the longest frames as
+    ``pad_batch`` pads them (rounded up to a multiple of ``pad_to``).
 
     ``boundaries`` are bucket edges in seconds. An utterance longer than ``max_frames`` alone is
     still yielded, as a batch of one.
@@ -266,6 +277,7 @@ def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, b
     for s in samples:
         frames = s.wav.shape[0] // HOP + 1
         k = sum(frames * HOP / 16000 >= b for b in boundaries)
+        frames = padded_frames(frames, pad_to)
         if full(buckets[k], longest[k], frames):
             yield buckets[k]
             buckets[k], longest[k] = [], 0
@@ -276,7 +288,7 @@ def bucket_batches(samples: Iterator[Sample], max_frames: int, max_batch: int, b
     # be up to num_buckets small, slow steps at the end of every loader worker's stream.
     batch, longest_left = [], 0
     for s in sorted((s for b in buckets for s in b), key=lambda s: s.wav.shape[0]):
-        frames = s.wav.shape[0] // HOP + 1
+        frames = padded_frames(s.wav.shape[0] // HOP + 1, pad_to)
         if full(batch, longest_left, frames):
             yield batch
             batch, longest_left = [], 0
@@ -299,13 +311,16 @@ class ShardBatches(IterableDataset):
 
     Shards are shuffled per epoch (``set_epoch``), split by rank then by worker. Unreadable samples
     and whole unreadable shards are logged and skipped; ``skip_batches`` drops the first batches of
-    this worker's stream (used to resume mid-epoch).
+    this worker's stream (used to resume mid-epoch). ``pad_to`` > 1 pads each batch to a multiple of
+    that many feature frames: fewer distinct batch shapes, for libraries that set work up once per
+    shape (cuDNN, cuFFT), at the cost of more padding.
     """
 
     def __init__(self, shards: list[str], max_frames: int, max_batch: int, num_buckets: int = 10,
                  max_duration: float = 30.0, shuffle_buffer: int = 1000, seed: int = 0, rank: int = 0,
-                 world: int = 1, shuffle: bool = True):
+                 world: int = 1, shuffle: bool = True, pad_to: int = 1):
         super().__init__()
+        self.pad_to = pad_to
         self.shards = list(shards)
         self.max_frames, self.max_batch = max_frames, max_batch
         self.edges = bucket_edges(max_duration, num_buckets)
@@ -380,7 +395,7 @@ class ShardBatches(IterableDataset):
         # A small first batch: a full one waits until one bucket holds max_frames of audio (an hour
         # at the large config), which kept an H100 idle for 14-15 s at the start of every epoch.
         batches = bucket_batches(stream, self.max_frames, self.max_batch, self.edges,
-                                 first_max_frames=self.max_frames // 8)
+                                 first_max_frames=self.max_frames // 8, pad_to=self.pad_to)
         if self.shuffle:
             # Buckets fill at different rates; a small shuffle keeps lengths from drifting within the epoch.
             # (initial=1: waiting for eight full batches before the first would be eight hours of
@@ -391,7 +406,7 @@ class ShardBatches(IterableDataset):
         skip = max(0, -(-(self.skip_batches - worker) // num_workers))
         for i, b in enumerate(batches):
             if i >= skip:
-                batch = pad_batch(b, int16=True)
+                batch = pad_batch(b, int16=True, pad_to=self.pad_to)
                 if self.label is not None:
                     batch = self.label(batch)
                 batch["problems"], self.problems = self.problems, []
