@@ -16,7 +16,7 @@ copies each batch to the GPU at the start of its own step instead of one step ah
 keeps ``--reserve-cores`` physical cores free of loader workers (``train.reserve_cores``); "pad-to"
 pads each batch to a multiple of ``--pad-to`` frames (``train.pad_to_frames``: fewer distinct batch
 shapes, more padding; its batches differ, and its bare LSTM runs on them). Each row also says how many
-distinct batch shapes its timed steps had.
+of its timed steps had a batch of a shape no step before it had (what per-shape set-up costs).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
         --sizes 2x128 3x256 --steps 20            # CPU
@@ -99,7 +99,8 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     loader = DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if args.workers else None,
                         worker_init_fn=functools.partial(init_loader_worker, niceness=niceness, cpus=cpus))
-    counters, shapes, step_times, waits, audio, padding, batch_shapes = Counters(), [], [], [], [], [], set()
+    counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
+    warm_shapes, new_shapes = set(), 0  # batch shapes of the warm-up; timed steps whose shape was new
 
     def stream() -> Iterator[dict]:
         """The loader's batches, pass after pass (a small shard set runs out)."""
@@ -164,7 +165,8 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
             padding.append(stats["padding"])
             frames = batch["wav"].shape[1] // 160 + 1  # padded as the batch is: its longest, or --pad-to's
             shapes.append((stats["utts"], (frames + 3) // 4, stats["audio_s"]))
-            batch_shapes.add(tuple(batch["wav"].shape))
+            new_shapes += tuple(batch["wav"].shape) not in warm_shapes
+        warm_shapes.add(tuple(batch["wav"].shape))
         step += 1
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
@@ -178,7 +180,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
             "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak, "events": events,
-            "distinct_shapes": len(batch_shapes)}
+            "new_shapes": new_shapes}
 
 
 def count_syncs(train_step, batches, size: str, path: str | None, steps: int = 3) -> float:
@@ -333,7 +335,7 @@ def main() -> None:
               f"{100 * res['padding']:.1f}% | {100 * res['wait']:.1f}% | "
               f"{'n/a' if res['syncs'] is None else format(res['syncs'], '.1f')} | "
               f"{'n/a' if res['peak_gib'] is None else format(res['peak_gib'], '.1f')} |", flush=True)
-        print(f"{res['size']}: in the {args.steps} timed steps, {res['distinct_shapes']} distinct batch shapes"
+        print(f"{res['size']}: in the {args.steps} timed steps, {res['new_shapes']} batches of a shape not seen before"
               + "".join(f", {res['events'][k]} {what}" for k, what in ALLOCATOR_EVENTS.items()
                         if device.type == "cuda"), flush=True)
         if res["busy"] is not None:
