@@ -34,6 +34,9 @@
 # training process's host threads; with torch's CTC loss; with two physical cores kept free of
 # workers; with batches padded to multiples of 64 frames, fewer shapes; "no-prefetch", each batch
 # copied at its own step's start, is left out by default: step_parts.py's last row prices that copy);
+# REPEAT: train_throughput.py's --repeat (default 4: each shard listed 4 times, so a pass over the
+# 60 h is as long as over 240 h; with 12 workers a pass over 60 h would be ~7 batches a worker, and
+# each pass starts every worker with a small batch and ends it with its buckets' mixed leftovers).
 # TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
@@ -86,19 +89,22 @@ elif [ -n "${BEFORE:-}" ]; then
 fi
 
 variants=${VARIANTS:-train preloaded torch-ctc reserved-cores pad-to}
+repeat=${REPEAT:-4}
 extra_frames=${EXTRA_FRAMES-768000}
 for fmt in $formats; do
   stage "training throughput, $fmt shards"
   timeout 420 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \
       --lstm-layouts $layouts --variants $variants --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
-      --workers "$workers" --device "$device" --profile "$out/profile_$fmt.txt" 2>&1 | tee "$out/throughput_$fmt.md"
+      --repeat "$repeat" --workers "$workers" --device "$device" --profile "$out/profile_$fmt.txt" 2>&1 \
+      | tee "$out/throughput_$fmt.md"
   variants=train  # the variants do not depend on the shards' format: measured once
 done
 
 if [ -n "$extra_frames" ]; then
   stage "training throughput, max_frames $extra_frames"
   timeout 240 $py benchmarks/train_throughput.py --shards "$long/train.index.json" --sizes $sizes \
-      --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$extra_frames" --workers "$workers" --device "$device" --profile "$out/profile_$extra_frames.txt" 2>&1 \
+      --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$extra_frames" --repeat "$repeat" \
+      --workers "$workers" --device "$device" --profile "$out/profile_$extra_frames.txt" 2>&1 \
       | tee "$out/throughput_frames_$extra_frames.md"
 fi
 
@@ -111,7 +117,8 @@ timeout 150 $py -m asr train --config conf/large.yaml --train "$long/train.index
 cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
 
 [ "$device" = cuda ] && [ -n "${SMALL:-}" ] && timeout 180 $py benchmarks/train_throughput.py --shards "$long/train.index.json" \
-    --sizes 4x320 --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --workers "$workers" --device cuda 2>&1 \
+    --sizes 4x320 --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" --repeat "$repeat" \
+    --workers "$workers" --device cuda 2>&1 \
     | tee "$out/throughput_4x320.md"
 
 if [ -n "$emissions" ]; then

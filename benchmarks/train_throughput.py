@@ -90,7 +90,8 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     model = AcousticModel(cfg, 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
-    data = ShardBatches(shards, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0,
+    # Each shard listed --repeat times: a pass as long as a corpus that many times bigger would give.
+    data = ShardBatches(shards * args.repeat, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0,
                         pad_to=args.pad_to if variant == "pad-to" else 1)
     data.label = Labeler(tok, FeatureConfig(), model.cfg.stride)  # in the loader workers, as asr train does
     cpus = worker_cpus(args.reserve_cores) if variant == "reserved-cores" and args.workers else None
@@ -291,6 +292,11 @@ def main() -> None:
                         "kept free of loader workers), pad-to (batches padded to a multiple of --pad-to frames)")
     p.add_argument("--reserve-cores", type=int, default=2, help="for the reserved-cores variant (default 2: the "
                    "training process's thread and autograd's, which launch the kernels)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="list each shard this many times, so that a pass over them is that many times longer, as "
+                        "over a bigger corpus: each pass starts every loader worker with a small batch, ends it with "
+                        "its buckets' leftovers and restarts the workers, which a small shard set makes a large share "
+                        "of the steps (with 12 workers and max_frames 384,000, 60 h of shards is 7 batches a worker)")
     p.add_argument("--pad-to", type=int, default=64, help="for the pad-to variant: pad each batch to a multiple of "
                    "this many frames (default 64: 0.64 s, 16 output frames at stride 4)")
     p.add_argument("--worker-niceness", type=int, default=None,
@@ -322,6 +328,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; bf16: {args.bf16 and device.type == 'cuda'}; max_frames {args.max_frames}; "
           f"{args.steps} timed steps after {args.warmup} warm-up; {args.workers} loader workers; "
+          f"{len(shards)} shards{f' x {args.repeat} a pass' if args.repeat > 1 else ''}; "
           f"{args.tokenizer} units ({tok.vocab_size} with the blank); "
           f"torch {torch.__version__}" + (f", cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark "
                                           f"{args.cudnn_benchmark}" if device.type == "cuda" else ""))
