@@ -91,7 +91,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
     # Each shard listed --repeat times: a pass as long as a corpus that many times bigger would give.
-    data = ShardBatches(shards * args.repeat, args.max_frames, args.max_batch, max_duration=args.max_duration, seed=0,
+    data = ShardBatches(shards * args.repeat, args.max_frames, args.max_batch, args.num_buckets, args.max_duration, seed=0,
                         pad_to=args.pad_to if variant == "pad-to" else 1)
     data.label = Labeler(tok, FeatureConfig(), model.cfg.stride)  # in the loader workers, as asr train does
     cpus = worker_cpus(args.reserve_cores) if variant == "reserved-cores" and args.workers else None
@@ -309,6 +309,8 @@ def main() -> None:
     p.add_argument("--max-frames", type=int, default=20000)
     p.add_argument("--max-batch", type=int, default=512)
     p.add_argument("--max-duration", type=float, default=30.0)
+    p.add_argument("--num-buckets", type=int, default=20, help="length buckets (default 20, conf/large.yaml's; "
+                   "before 2026-11-28's fifteenth session the benchmark used 10, with more padding)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-bf16", dest="bf16", action="store_false")

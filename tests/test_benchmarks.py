@@ -181,3 +181,33 @@ def test_train_throughput_counts_the_allocators_driver_calls(monkeypatch):
                       "host:num_host_alloc": 3, "host:num_host_free": 2}
     device_stats["num_device_alloc"] = 12
     assert tt.allocator_events(torch.device("cuda")) - before == {"num_device_alloc": 5}
+
+
+def test_batch_shapes_stand_ins_batch_exactly_as_the_real_loader(train_shards, monkeypatch):
+    """LengthsOnly (lengths from the audio headers, no decoding) gives each loader worker the very
+    batches ShardBatches gives it: the same utterances in the same order, padded to the same shape."""
+    import asr.data.shards as S
+    from types import SimpleNamespace
+
+    bs = load_benchmark("batch_shapes")
+    for pad in (1, 64):
+        kw = dict(max_frames=300, max_batch=4, num_buckets=3, max_duration=2.0, shuffle_buffer=5, seed=3, pad_to=pad)
+        for w in range(2):
+            monkeypatch.setattr(S, "get_worker_info", lambda w=w: SimpleNamespace(id=w, num_workers=2))
+            real = [(b["ids"], tuple(b["wav"].shape)) for b in S.ShardBatches(train_shards, **kw)]
+            stand_in = [(b["ids"], tuple(b["wav"].shape)) for b in bs.LengthsOnly(train_shards, **kw)]
+            assert real and stand_in == real
+
+
+def test_batch_shapes_reports_passes_padding_and_new_shapes(train_shards):
+    out = run_script("benchmarks/batch_shapes.py", "--shards", *train_shards, "--max-frames", "400", "--workers", "2",
+                     "--repeat", "1", "3", "--pad-to", "1", "64", "--warmup", "1", "--steps", "3")
+    rows = table_rows(out)
+    assert [(r[1], r[2]) for r in rows] == [("1", "1"), ("1", "64"), ("3", "1"), ("3", "64")]
+    per_pass = {(r[1], r[2]): int(r[3]) for r in rows}
+    assert per_pass[("3", "1")] > per_pass[("1", "1")]  # three times the utterances a pass: more batches,
+    assert float(rows[2][8]) > float(rows[0][8])  # and fuller ones (fewer first batches and leftovers)
+    for r in rows:
+        padding, new, steps = float(r[7].rstrip("%")), *map(int, r[9].split(" of "))
+        assert 0 <= padding < 100 and 1 <= new <= steps
+    assert float(rows[1][7].rstrip("%")) > float(rows[0][7].rstrip("%"))  # padded to 64 frames: more padding
