@@ -91,21 +91,20 @@ fi
 variants=${VARIANTS:-train preloaded torch-ctc reserved-cores pad-to}
 repeat=${REPEAT:-4}
 extra_frames=${EXTRA_FRAMES-768000}
+profile="--profile $out/profile.txt"  # the first format's train row (a profile's tables take a while)
 for fmt in $formats; do
   stage "training throughput, $fmt shards"
   timeout 420 $py benchmarks/train_throughput.py --shards "$work/long_$fmt/train.index.json" --sizes $sizes \
       --lstm-layouts $layouts --variants $variants --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
-      --repeat "$repeat" --workers "$workers" --device "$device" --profile "$out/profile_$fmt.txt" 2>&1 \
-      | tee "$out/throughput_$fmt.md"
-  variants=train  # the variants do not depend on the shards' format: measured once
+      --repeat "$repeat" --workers "$workers" --device "$device" $profile 2>&1 | tee "$out/throughput_$fmt.md"
+  variants=train profile=  # the variants and the profile do not depend on the shards' format: once
 done
 
 if [ -n "$extra_frames" ]; then
   stage "training throughput, max_frames $extra_frames"
   timeout 240 $py benchmarks/train_throughput.py --shards "$long/train.index.json" --sizes $sizes \
       --lstm-layouts $layouts --steps "$steps" --warmup "$warmup" --max-frames "$extra_frames" --repeat "$repeat" \
-      --workers "$workers" --device "$device" --profile "$out/profile_$extra_frames.txt" 2>&1 \
-      | tee "$out/throughput_frames_$extra_frames.md"
+      --workers "$workers" --device "$device" 2>&1 | tee "$out/throughput_frames_$extra_frames.md"
 fi
 
 stage "asr train, large config, $train_format shards"
