@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from asr.config import FeatureConfig
+from asr.data.shards import padded_samples
 from asr.features import frame_lengths
 from asr.model import subsampled_lengths
 from asr.text import Tokenizer, TokenizerError, normalize
@@ -46,6 +47,7 @@ class Labeler:
     tokenizer: Tokenizer
     features: FeatureConfig
     stride: int
+    pad_to: int = 1  # the batches' padding to a multiple of frames (ShardBatches' pad_to), kept when trimming
 
     def output_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Model output frames for waveforms of ``num_samples`` (B,) samples -> (B,)."""
@@ -60,7 +62,7 @@ class Labeler:
         if len(labels.keep) < len(batch["ids"]):
             idx = torch.tensor(labels.keep, dtype=torch.long)
             out["lengths"] = batch["lengths"][idx]
-            longest = int(out["lengths"].max()) if len(idx) else 0
+            longest = padded_samples(int(out["lengths"].max()), self.pad_to) if len(idx) else 0
             out["wav"] = batch["wav"][idx, :longest]  # less padding if the longest was left out
             if batch.get("means") is not None:
                 out["means"] = batch["means"][idx]

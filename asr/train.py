@@ -441,7 +441,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     frontend.cmvn.set_stats(cmvn[0].to(dev_t), cmvn[1].to(dev_t))
     # From here on the loader workers also tokenize and leave out what CTC cannot train on (the CMVN
     # and speaker statistics above are over all the audio, as before).
-    data.label = Labeler(tokenizer, cfg.features, cfg.model.stride)
+    data.label = Labeler(tokenizer, cfg.features, cfg.model.stride, tc.pad_to_frames)
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size).to(dev_t)
     if state:
         model.load_state_dict(state["model"])

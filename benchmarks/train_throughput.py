@@ -93,7 +93,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     # Each shard listed --repeat times: a pass as long as a corpus that many times bigger would give.
     data = ShardBatches(shards * args.repeat, args.max_frames, args.max_batch, args.num_buckets, args.max_duration, seed=0,
                         pad_to=args.pad_to if variant == "pad-to" else 1)
-    data.label = Labeler(tok, FeatureConfig(), model.cfg.stride)  # in the loader workers, as asr train does
+    data.label = Labeler(tok, FeatureConfig(), model.cfg.stride, data.pad_to)  # in the loader workers, as asr train
     cpus = worker_cpus(args.reserve_cores) if variant == "reserved-cores" and args.workers else None
     niceness = args.worker_niceness if args.worker_niceness is not None else (
         GPU_LOADER_NICENESS if device.type == "cuda" else 0)

@@ -138,6 +138,23 @@ def test_a_batch_labelled_beforehand_gives_the_same_loss_and_counts():
     assert sa == sb and here == there and here.infeasible == 2
 
 
+def test_labeler_keeps_the_padding_to_a_multiple_when_it_drops_the_longest():
+    """With train.pad_to_frames, a batch whose longest utterance is left out is trimmed to the kept
+    longest padded to that multiple again, not to the kept longest itself."""
+    from asr.data.shards import HOP, Sample, pad_batch
+
+    tok, frontend, model = setup()
+    samples = [Sample("u0", torch.ones(16000), "HELLO", None), Sample("u1", torch.ones(20000), "A" * 200, None)]
+    batch = pad_batch(samples, pad_to=64)
+    assert batch["wav"].shape[1] // HOP + 1 == 128  # 126 frames -> 128
+    plain = Labeler(tok, frontend.logmel.cfg, model.cfg.stride)(batch)
+    padded = Labeler(tok, frontend.logmel.cfg, model.cfg.stride, pad_to=64)(batch)
+    assert [uid for uid, _, _ in padded["dropped"]] == ["u1"]
+    assert plain["wav"].shape == (1, 16000)
+    assert padded["wav"].shape == (1, 64 * 2 * HOP - 1) and padded["wav"].shape[1] // HOP + 1 == 128
+    assert padded["wav"][0, :16000].eq(1).all() and padded["wav"][0, 16000:].eq(0).all()
+
+
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_the_forward_pass_reads_nothing_back_from_the_device(monkeypatch, layout):
     """On a GPU every value read back (``.item()``, ``.cpu()``, a blocking copy) stalls the host until

@@ -236,6 +236,13 @@ def padded_frames(frames: int, multiple: int = 1) -> int:
     return -(-frames // multiple) * multiple
 
 
+def padded_samples(samples: int, pad_to: int = 1) -> int:
+    """A batch's padded length in samples for its longest utterance of ``samples``: that, or with
+    ``pad_to`` > 1 the length whose feature frames (S // HOP + 1) are the longest's rounded up to a
+    multiple of ``pad_to``."""
+    return samples if pad_to <= 1 else padded_frames(samples // HOP + 1, pad_to) * HOP - 1
+
+
 def pad_batch(samples: list[Sample], int16: bool = False, pad_to: int = 1) -> dict:
     """Samples (float32 or int16) -> {"ids", "texts", "speakers", "wav" (B, S) zero-padded, "lengths" (B,)}.
 
@@ -245,9 +252,7 @@ def pad_batch(samples: list[Sample], int16: bool = False, pad_to: int = 1) -> di
     half the bytes to pass from loader workers, pin and copy to the GPU; ``LogMel`` takes either.
     """
     lengths = torch.tensor([s.wav.shape[0] for s in samples], dtype=torch.long)
-    longest = int(lengths.max()) if samples else 0
-    if samples and pad_to > 1:  # frames of S samples: S // HOP + 1
-        longest = padded_frames(longest // HOP + 1, pad_to) * HOP - 1
+    longest = padded_samples(int(lengths.max()), pad_to) if samples else 0
     wav = torch.zeros(len(samples), longest, dtype=torch.int16 if int16 else torch.float32)
     for i, s in enumerate(samples):
         if int16:
