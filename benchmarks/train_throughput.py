@@ -101,7 +101,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
                         prefetch_factor=4 if args.workers else None,
                         worker_init_fn=functools.partial(init_loader_worker, niceness=niceness, cpus=cpus))
     counters, shapes, step_times, waits, audio, padding = Counters(), [], [], [], [], []
-    warm_shapes, new_shapes = set(), 0  # batch shapes of the warm-up; timed steps whose shape was new
+    seen_shapes, new_shapes = set(), 0  # batch shapes of the steps so far; timed steps with a new one
 
     def stream() -> Iterator[dict]:
         """The loader's batches, pass after pass (a small shard set runs out)."""
@@ -166,8 +166,8 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
             padding.append(stats["padding"])
             frames = batch["wav"].shape[1] // 160 + 1  # padded as the batch is: its longest, or --pad-to's
             shapes.append((stats["utts"], (frames + 3) // 4, stats["audio_s"]))
-            new_shapes += tuple(batch["wav"].shape) not in warm_shapes
-        warm_shapes.add(tuple(batch["wav"].shape))
+            new_shapes += tuple(batch["wav"].shape) not in seen_shapes
+        seen_shapes.add(tuple(batch["wav"].shape))
         step += 1
     sync(device)
     step_times[-1] += time.perf_counter() - t2  # the last step's optimizer update, queued until now
