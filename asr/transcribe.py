@@ -418,14 +418,16 @@ def transcribe_files(rec: LogProbModel, decoder: Decoder, files: list[InputFile]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     states = [_FileState(f) for f in files]
-    total = 0.0
-    for f in files:
+    seconds = [0.0] * len(files)  # each file's length from its header, for the progress bar
+    for i, f in enumerate(files):
         try:
             info = sf.info(str(f.path))
-            total += info.frames / info.samplerate
+            seconds[i] = info.frames / info.samplerate
         except Exception:  # unreadable headers are reported when the file is read
             pass
-    bar = tqdm(total=round(total, 1), unit="s", desc="transcribe", disable=not progress,
+    total = sum(seconds)
+    counted = [0.0] * len(files)  # seconds of each file the bar has been moved by
+    bar = tqdm(total=total, unit="s", desc="transcribe", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]")
     pool: list[_Chunk] = []
     pool_cap = 2 * batch_size
@@ -438,6 +440,9 @@ def transcribe_files(rec: LogProbModel, decoder: Decoder, files: list[InputFile]
         states[i].error = msg
         pool[:] = [c for c in pool if c.file != i]
         bar.write(f"skipped: {msg}", file=sys.stderr)
+        # A skipped file's audio counts as done, or a run with bad files would end short of 100%.
+        bar.update(round(max(0.0, seconds[i] - counted[i]), 3))
+        counted[i] = max(seconds[i], counted[i])
 
     def finished(i: int) -> bool:
         st = states[i]
@@ -512,6 +517,7 @@ def transcribe_files(rec: LogProbModel, decoder: Decoder, files: list[InputFile]
             words = align_words(log_probs[b, :n], hyp, rec.tokenizer, c.start, frame_shift, end)
             states[c.file].windows[c.index] = WindowWords(c.start, end, words)
             bar.update(round(c.new_seconds, 3))
+            counted[c.file] += c.new_seconds
     yield from release()
     bar.close()
 

@@ -337,3 +337,41 @@ def test_run_reports_bad_file_and_keeps_order(tmp_path, long_coded):
     assert summary.transcribed == 2 and len(summary.problems) == 1 and "bad.flac" in summary.problems[0]
     lines = buf.getvalue().splitlines()
     assert lines == [f"{tmp_path / 'short.wav'}\tHELLO WORLD", f"{path}\t" + " ".join(w for w, _, _ in truth)]
+
+
+def test_progress_reaches_the_end_when_files_are_skipped(tmp_path, long_coded, monkeypatch):
+    """The bar's total is every file's length from its header; a file skipped when read (NaN samples:
+    its header is fine) still counts as done, so a run with bad files ends at 100%, not short of it."""
+    import asr.transcribe as tr
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.n = total, 0.0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def write(self, *a, **kw):
+            pass
+
+        def set_postfix_str(self, *a):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tr, "tqdm", Bar)
+    path, _ = long_coded
+    bad = np.zeros(16000 * 5, dtype=np.float32)
+    bad[100] = np.nan
+    sf.write(str(tmp_path / "nan.wav"), bad, 16000, subtype="FLOAT")
+    files = [InputFile(tmp_path / "nan.wav", "nan"), InputFile(path, "long")]
+    model = CodedModel()
+    res = list(transcribe_files(model, GreedyDecoder(model.tokenizer), files, window=10.0, overlap=2.0))
+    assert res[0].error is not None and res[1].error is None
+    [bar] = bars
+    assert bar.total == pytest.approx(5.0 + sf.info(str(path)).duration)
+    assert bar.n == pytest.approx(bar.total, abs=0.01)
