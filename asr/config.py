@@ -126,6 +126,9 @@ class TrainConfig:
     # Physical CPU cores (both hyper-threads) kept free of loader workers, for the training process's
     # threads that launch the GPU's kernels (0: none; asr.data.cpus).
     reserve_cores: int = 0
+    # On a GPU, the caching allocator's expandable segments (asr.gpu_memory): batch shapes change
+    # every step, which fragments its fixed-size segments. A PYTORCH_CUDA_ALLOC_CONF of the user's wins.
+    expandable_segments: bool = True
     # bf16 autocast on the CPU as well, where oneDNN has native bf16 (AVX512-BF16 or AMX; elsewhere
     # it is ignored with a warning): about 1.5x faster LSTM steps at the mini recipe's shapes.
     cpu_bf16: bool = False

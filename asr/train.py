@@ -38,6 +38,7 @@ from asr.data.shards import ShardBatches, shard_metadata
 from asr.decode.greedy import GreedyDecoder
 from asr.evaluate import decode_utterances
 from asr.features import CMVNAccumulator, FeatureExtractor, SpeakerMeans, batch_means, frame_lengths, to_device
+from asr.gpu_memory import set_expandable_segments
 from asr.metrics import score
 from asr.model import AcousticModel
 from asr.package import PackageError, atomic_save, read_checked, save_package, state_digest
@@ -373,6 +374,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
         # Off: batch shapes change every step, and a new shape would be benchmarked each time (on an
         # H100, 5 x 1024: median step 227 ms with it, 134 ms without; benchmarks/RESULTS.md).
         torch.backends.cudnn.benchmark = False
+        log.info("CUDA allocator: %s", set_expandable_segments(tc.expandable_segments))
     dev_t = torch.device(device)
     if tc.threads:
         torch.set_num_threads(tc.threads)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one run (about nine minutes on one H100, an
+# The GPU measurements of benchmarks/RESULTS.md in one run (about ten minutes on one H100, an
 # estimate: give the device call its whole limit, 600 s; the short `asr train` run is last, so it is
 # what a tight limit cuts):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
@@ -12,7 +12,7 @@
 #   2. benchmarks/train_throughput.py: the large model (5 x 1024, bf16) beside the bare cuDNN LSTM,
 #      streaming each format's shards as asr train does; for the first format also VARIANTS, each one
 #      change from that (preloaded batches, torch's CTC loss, cores reserved, batches padded to
-#      multiples of 64 frames);
+#      multiples of 64 frames, the allocator without expandable segments);
 #   3. the same at a second frame budget, EXTRA_FRAMES (default 768000: twice the batch, so each of
 #      cuDNN's per-time-step kernels has twice the work and the launches weigh half as much; peak
 #      memory ~40 GiB), on the last format's shards (EXTRA_FRAMES= skips it), run after the first
@@ -30,10 +30,11 @@
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train preloaded torch-ctc reserved-cores pad-to":
-# asr train's set-up, then the same with the loader's workers stopped, which shows what they cost the
-# training process's host threads; with torch's CTC loss; with two physical cores kept free of
-# workers; with batches padded to multiples of 64 frames, fewer shapes; "no-prefetch", each batch
+# VARIANTS: its rows for the first format (default "train preloaded torch-ctc reserved-cores pad-to
+# classic-alloc": asr train's set-up, then the same with the loader's workers stopped, which shows what
+# they cost the training process's host threads; with torch's CTC loss; with two physical cores kept
+# free of workers; with batches padded to multiples of 64 frames, fewer shapes; with the CUDA
+# allocator's fixed-size segments instead of expandable ones; "no-prefetch", each batch
 # copied at its own step's start, is left out by default: step_parts.py's last row prices that copy);
 # REPEAT: train_throughput.py's --repeat (default 4: each shard listed 4 times, so a pass over the
 # 60 h is as long as over 240 h; with 12 workers a pass over 60 h would be ~7 batches a worker, and
@@ -67,9 +68,9 @@ done
 long=$work/long_$train_format
 
 if [ "$device" = cuda ] && $py -c "import pytest" 2>/dev/null; then
-  stage "GPU tests"  # those of the training step that only run where there is a GPU (cuDNN's CTC loss, prefetch)
+  stage "GPU tests"  # those of the training step that only run where there is a GPU (cuDNN's CTC loss, prefetch, the allocator's segments)
   timeout 120 $py -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/test_ctc_loss.py \
-      tests/test_prefetch.py -k "gpu" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+      tests/test_prefetch.py tests/test_gpu_memory.py -k "gpu" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
 fi
 
 if [ "$device" = cuda ]; then
@@ -89,7 +90,7 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train preloaded torch-ctc reserved-cores pad-to}
+variants=${VARIANTS:-train preloaded torch-ctc reserved-cores pad-to classic-alloc}
 repeat=${REPEAT:-4}
 extra_frames=${EXTRA_FRAMES-768000}
 profile="--profile $out/profile.txt"  # the first format's train row (a profile's tables take a while)

@@ -42,6 +42,7 @@ import torch
 from asr.config import FeatureConfig, ModelConfig, SpecAugConfig
 from asr.ctc_loss import ctc_loss
 from asr.features import FeatureExtractor, frame_lengths, to_device
+from asr.gpu_memory import set_expandable_segments
 from asr.model import AcousticModel, subsampled_lengths
 from asr.text import CharTokenizer
 from asr.train import Counters, compute_loss
@@ -129,6 +130,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    alloc = set_expandable_segments(True) if device.type == "cuda" else None  # as asr train sets the GPU up
     torch.manual_seed(0)
     tok = CharTokenizer()  # unused: the batch comes labelled, as the loader's workers hand it over
     cfg = ModelConfig(hidden=args.hidden, layers=args.layers, stride=args.stride, lstm_layout=args.lstm_layout)
@@ -179,7 +181,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; "
           f"{args.layers}x{args.hidden}; batch {args.batch} x {args.seconds:g} s (LSTM input {tuple(fixed['x'].shape)}"
           f"{'; fresh shapes: about as much audio, the longest utterance 60-100% as long' if 'fresh' in modes else ''}); "
-          f"bf16 {args.bf16}; torch {torch.__version__}")
+          f"bf16 {args.bf16}; torch {torch.__version__}" + (f"; CUDA allocator: {alloc}" if alloc else ""))
     heads = [("fixed batch" if m == "fixed" else "fresh shapes") for m in modes]
     print("| part | " + " | ".join(f"{h}: median ms | bare / this" for h in heads) + " |")
     print("| --- |" + " ---: | ---: |" * len(modes))

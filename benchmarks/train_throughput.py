@@ -15,7 +15,8 @@ workers (what the workers cost the training process beside data wait: they share
 copies each batch to the GPU at the start of its own step instead of one step ahead; "reserved-cores"
 keeps ``--reserve-cores`` physical cores free of loader workers (``train.reserve_cores``); "pad-to"
 pads each batch to a multiple of ``--pad-to`` frames (``train.pad_to_frames``: fewer distinct batch
-shapes, more padding; its batches differ, and its bare LSTM runs on them). Each row also says how many
+shapes, more padding; its batches differ, and its bare LSTM runs on them); "classic-alloc" runs the CUDA
+allocator without expandable segments (``train.expandable_segments=false``). Each row also says how many
 of its timed steps had a batch of a shape no step before it had (what per-shape set-up costs).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import itertools
 import statistics
 import time
@@ -43,6 +45,7 @@ from asr.data.cpus import worker_cpus
 from asr.data.prefetch import prefetch_to_device
 from asr.data.shards import ShardBatches, resolve_shards, shard_metadata
 from asr.features import FeatureExtractor
+from asr.gpu_memory import expandable_in_use, set_expandable_segments
 from asr.model import AcousticModel
 from asr.targets import Labeler
 from asr.text import Tokenizer, build_tokenizer, normalize
@@ -70,7 +73,7 @@ def allocator_events(device: torch.device) -> Counter:
                     for k in ALLOCATOR_EVENTS})
 
 
-VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores", "pad-to")
+VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores", "pad-to", "classic-alloc")
 
 
 def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
@@ -86,6 +89,9 @@ def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
 def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Tokenizer, args,
              device: torch.device) -> dict:
     layers, hidden = (int(x) for x in size.split("x"))
+    if device.type == "cuda":  # as asr train sets it up, before this row's model and batches take memory
+        gc.collect()  # the row before's tensors, so that emptying the cache releases their memory too
+        set_expandable_segments(variant != "classic-alloc")
     cfg = ModelConfig(hidden=hidden, layers=layers, dropout=0.1, lstm_layout=layout)
     model = AcousticModel(cfg, 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
@@ -181,7 +187,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     return {"busy": busy, "size": name, "layers": layers, "hidden": hidden, "x": sum(audio) / sum(step_times),
             "padding": statistics.mean(padding), "wait": sum(waits) / sum(step_times), "shapes": shapes,
             "step_ms": 1000 * statistics.median(step_times), "syncs": syncs, "peak_gib": peak, "events": events,
-            "new_shapes": new_shapes}
+            "new_shapes": new_shapes, "expandable": expandable_in_use(device)}
 
 
 def count_syncs(train_step, batches, size: str, path: str | None, steps: int = 3) -> float:
@@ -289,7 +295,8 @@ def main() -> None:
                    help="a row each: train (asr train's set-up), or it with one change: preloaded (batches read "
                         "first, loader workers stopped), torch-ctc (torch's CTC loss), no-prefetch (each batch "
                         "copied to the GPU at its step's start), reserved-cores (--reserve-cores physical cores "
-                        "kept free of loader workers), pad-to (batches padded to a multiple of --pad-to frames)")
+                        "kept free of loader workers), pad-to (batches padded to a multiple of --pad-to frames), "
+                        "classic-alloc (the CUDA allocator without expandable segments)")
     p.add_argument("--reserve-cores", type=int, default=2, help="for the reserved-cores variant (default 2: the "
                    "training process's thread and autograd's, which launch the kernels)")
     p.add_argument("--repeat", type=int, default=1,
@@ -346,7 +353,9 @@ def main() -> None:
               f"{'n/a' if res['peak_gib'] is None else format(res['peak_gib'], '.1f')} |", flush=True)
         print(f"{res['size']}: in the {args.steps} timed steps, {res['new_shapes']} batches of a shape not seen before"
               + "".join(f", {res['events'][k]} {what}" for k, what in ALLOCATOR_EVENTS.items()
-                        if device.type == "cuda"), flush=True)
+                        if device.type == "cuda")
+              + ("" if res["expandable"] is None else
+                 f"; GPU memory in {'expandable' if res['expandable'] else 'fixed-size'} segments"), flush=True)
         if res["busy"] is not None:
             print(f"{res['size']}: GPU busy in 3 profiled steps: ours {100 * res['busy']:.0f}%, bare nn.LSTM "
                   f"{100 * res.get('bare_busy', float('nan')):.0f}% of the wall time", flush=True)
