@@ -38,7 +38,10 @@ def set_expandable_segments(on: bool) -> str:
     setting = f"expandable_segments:{on}"
     # torch 2.11 moved the setter to the accelerator API and deprecated torch.cuda's.
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
-    setter(setting)
+    try:
+        setter(setting)
+    except (RuntimeError, ValueError) as e:  # a build or platform without them: train with the default
+        return f"the default ({setting} refused: {e})"
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     return setting

@@ -50,6 +50,15 @@ def test_memory_already_cached_is_released_when_cuda_is_in_use(calls, monkeypatc
     assert calls == ["expandable_segments:False"] and emptied == [True]
 
 
+def test_a_platform_that_refuses_them_trains_with_the_default(calls, monkeypatch):
+    def refuse(setting):
+        raise RuntimeError("expandable_segments not supported on this platform")
+
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", refuse)
+    said = gpu_memory.set_expandable_segments(True)
+    assert said.startswith("the default (expandable_segments:True refused") and "not supported" in said
+
+
 def test_nothing_to_say_on_the_cpu():
     assert gpu_memory.expandable_in_use(torch.device("cpu")) is None
 
