@@ -129,6 +129,10 @@ class TrainConfig:
     # On a GPU, the caching allocator's expandable segments (asr.gpu_memory): batch shapes change
     # every step, which fragments its fixed-size segments. A PYTORCH_CUDA_ALLOC_CONF of the user's wins.
     expandable_segments: bool = True
+    # Dynamic loss scaling (torch's GradScaler) where the LSTM runs in fp16: under bf16 autocast on a
+    # GPU, torch runs cuDNN's RNN in fp16 (its autocast casts cuDNN RNNs to fp16 whatever the dtype), and
+    # without scaling most of the loss's gradients reaching it are below fp16's range (asr.train.lstm_in_fp16).
+    loss_scaling: bool = True
     # bf16 autocast on the CPU as well, where oneDNN has native bf16 (AVX512-BF16 or AMX; elsewhere
     # it is ignored with a warning): about 1.5x faster LSTM steps at the mini recipe's shapes.
     cpu_bf16: bool = False

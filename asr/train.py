@@ -82,7 +82,28 @@ class Counters:
     untokenizable: int = 0
     nonfinite: int = 0
     nonfinite_run: int = 0
+    scale_overflows: int = 0  # steps skipped because the loss scale was too high (lowered each time)
     problems: dict[str, str] = field(default_factory=dict)  # utterance id -> why it was left out
+
+
+# GradScaler's own default: the first steps lower it where gradients overflow fp16.
+INIT_LOSS_SCALE = 2.0**16
+
+
+def lstm_in_fp16(device: torch.device, bf16: bool) -> bool:
+    """Whether the model's LSTM runs in fp16. Under CUDA autocast torch casts cuDNN's RNN to fp16
+    whatever the autocast dtype (bf16 included; the kernels are cuDNN's half ones), so its backward
+    pass takes the loss's gradients in fp16. Those are small: with the loss per target token, a
+    batch of ~23,000 tokens gives the LSTM's outputs gradients of ~3e-8 (median; measured on the mini
+    model, benchmarks/RESULTS.md), half of them below fp16's smallest number and nearly all below its
+    normal range. The CPU's bf16 autocast runs the LSTM in bf16 (fp32's range): no scaling needed."""
+    return device.type == "cuda" and bf16
+
+
+def loss_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """Dynamic loss scaling: the loss times a scale before backward, the gradients divided by it before
+    clipping; the scale halves when they overflow and doubles after 2,000 steps that do not."""
+    return torch.amp.GradScaler(device.type, init_scale=INIT_LOSS_SCALE, enabled=enabled)
 
 
 def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict, tokenizer: Tokenizer,
@@ -219,7 +240,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tokenizer, cmvn, cfg: ExperimentConfig,
                     epoch: int, batch_in_epoch: int, step: int, best_wer: float, history: list,
-                    running: dict | None = None, speaker_means: dict | None = None) -> None:
+                    running: dict | None = None, speaker_means: dict | None = None,
+                    scaler_state: dict | None = None) -> None:
     """Write the whole training state atomically, with a checksum that ``load_checkpoint`` verifies;
     ``running`` holds the epoch's partial loss sums and the run's skip counters, so a resumed run
     reports the same numbers as an uninterrupted one."""
@@ -228,6 +250,7 @@ def save_checkpoint(path: Path, model: AcousticModel, opt, sched, tokenizer: Tok
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "tokenizer": tokenizer.state(),
         "cmvn": {"mean": cmvn[0], "std": cmvn[1], "speakers": speaker_means or {}},
         "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best_wer": best_wer, "history": history, "rng": rng_state(), "running": running or {},
+        "scaler": scaler_state or {},
     }
     state["sha256"] = state_digest(state)
     atomic_save(state, path)
@@ -458,10 +481,13 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     pace = {"time_frac": 0.0}  # the fraction of max_minutes used, when train.schedule_by_time
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.final_lr_frac, pace["time_frac"]))
+    scaler = loss_scaler(dev_t, tc.loss_scaling and lstm_in_fp16(dev_t, use_bf16))
     epoch, start_batch, step, best_wer, history = 0, 0, 0, float("inf"), []
     if state:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state.get("scaler"):  # (a CPU run's checkpoint has none: a fresh scale)
+            scaler.load_state_dict(state["scaler"])
         epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         best_wer, history = state["best_wer"], state["history"]
         if best_wer < 0:  # checkpoints before 2026-11-28 kept -epoch here when there was no dev set
@@ -502,7 +528,8 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
     def totals() -> tuple[dict[str, int], list[str], dict[str, str]]:
         """(counts, skipped items, problems by id) of all ranks: each read its own shards."""
         mine = ({"infeasible": counters.infeasible, "untokenizable": counters.untokenizable,
-                 "nonfinite": counters.nonfinite}, sorted(skipped), dict(counters.problems))
+                 "nonfinite": counters.nonfinite, "scale_overflows": counters.scale_overflows},
+                sorted(skipped), dict(counters.problems))
         parts = [mine]
         if dd.world > 1:  # every rank calls this at the same points (checkpoints, the end)
             parts = [None] * dd.world
@@ -519,7 +546,7 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                 save_checkpoint(state_path, model, opt, sched, tokenizer, cmvn, cfg, ep, batch_pos, step, best_wer,
                                 history, {"sums": partial, "skipped": all_skipped, "problems": problems,
                                           "elapsed": time.time() - t_start, "counters": counts},
-                                spk_means)
+                                spk_means, scaler.state_dict())
             except OSError as e:  # e.g. ENOSPC: atomic_save left the previous checkpoint untouched
                 fail(f"cannot write checkpoint {state_path} ({e.strerror or e}); the last good checkpoint is "
                      "intact, free space and rerun with --resume")
@@ -585,15 +612,17 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                     # leave the GPU idle while the host waits for the forward pass, then launches.
                     ok = out is not None
                 if ok:
-                    (out[0] / tc.accum_steps).backward()
+                    scaler.scale(out[0] / tc.accum_steps).backward()
             if strict and len(counters.problems) > left_out:
                 fail(f"--strict: {list(counters.problems.values())[left_out]}")
             # The step's one read from the device: the loss, and at the end of an accumulation the
             # gradient norm (non-finite gradients skip the step as a non-finite loss does).
-            loss_v, gnorm = float("nan"), None
+            loss_v, gnorm, unscaled = float("nan"), None, False
             if out is not None:
                 loss_t = out[0].detach().float()
                 if ok and micro == 0:
+                    scaler.unscale_(opt)  # (nothing without loss scaling)
+                    unscaled = True
                     norm_t = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                     loss_v, gnorm = torch.stack([loss_t, norm_t.float()]).tolist()
                 else:
@@ -603,6 +632,16 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                 bad = ("loss", loss_v)
             elif gnorm is not None and not math.isfinite(gnorm):
                 bad = ("gradient norm", gnorm)
+            if unscaled:
+                scaler.update()  # lowers the scale if the gradients were not finite
+            if bad is not None and bad[0] == "gradient norm" and scaler.is_enabled() and scaler.get_scale() >= 1:
+                # A finite loss whose scaled gradients overflowed: the scale was too high, not the batch
+                # bad (it is lower now). Below a scale of 1 such a batch counts as a bad one again.
+                counters.scale_overflows += 1
+                if dd.main:
+                    log.info("gradients overflowed at the loss scale; step skipped, scale now %g", scaler.get_scale())
+                opt.zero_grad(set_to_none=True)
+                continue
             if bad is not None:
                 counters.nonfinite += 1
                 counters.nonfinite_run += 1
@@ -646,6 +685,8 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
                        "grad_norm": round(gnorm, 3), "padding": round(stats["padding"], 3), "batch_utts": stats["utts"],
                        "audio_x": round(sums["audio_s"] * dd.world / max(now - t_epoch, 1e-6), 1),
                        "data_wait": round(data_wait / max(now - t_epoch, 1e-6), 3), "time": round(now - t_start, 1)}
+                if scaler.is_enabled():
+                    rec["loss_scale"] = scaler.get_scale()
                 steplog.write(**rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", x=rec["audio_x"])
             if tc.save_every_steps and step % tc.save_every_steps == 0:

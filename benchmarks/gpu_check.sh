@@ -70,7 +70,7 @@ long=$work/long_$train_format
 if [ "$device" = cuda ] && $py -c "import pytest" 2>/dev/null; then
   stage "GPU tests"  # those of the training step that only run where there is a GPU (cuDNN's CTC loss, prefetch, the allocator's segments)
   timeout 120 $py -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/test_ctc_loss.py \
-      tests/test_prefetch.py tests/test_gpu_memory.py -k "gpu" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+      tests/test_prefetch.py tests/test_gpu_memory.py tests/test_loss_scaling.py -k "gpu" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
 fi
 
 if [ "$device" = cuda ]; then

@@ -12,8 +12,8 @@ the row above and is timed the same way (forward + backward, a sync after each r
    with a wait each time) and cuDNN's (``asr.ctc_loss``: no waits; asr train's default, used below);
 4. + features: log-mels, CMVN and SpecAugment from 16-bit audio already on the device
    (``asr.train.compute_loss``, as ``asr train`` calls it);
-5. + optimizer: the rest of the step (gradient norm clipping, the one read of loss and norm, fused
-   AdamW on a GPU);
+5. + optimizer: the rest of the step (asr train's loss scaling on a GPU, gradient norm clipping, the
+   one read of loss and norm, fused AdamW on a GPU);
 6. + copies: the batch starting in pinned host memory, as the loader hands it over.
 
 "bare / this" is the bare row's time over the row's: what ``train_throughput.py``'s "ours / bare" would
@@ -45,7 +45,7 @@ from asr.features import FeatureExtractor, frame_lengths, to_device
 from asr.gpu_memory import set_expandable_segments
 from asr.model import AcousticModel, subsampled_lengths
 from asr.text import CharTokenizer
-from asr.train import Counters, compute_loss
+from asr.train import Counters, compute_loss, loss_scaler, lstm_in_fp16
 
 
 def median_ms(run: Callable[[dict], None], inputs: Callable[[], dict], device: torch.device, repeats: int) -> float:
@@ -137,6 +137,7 @@ def main() -> None:
     model = AcousticModel(cfg, 80, args.vocab).to(device).train()
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+    scaler = loss_scaler(device, lstm_in_fp16(device, args.bf16))  # as asr train
     fixed = step_inputs(args.batch, args.seconds, args, frontend, device, seed=0)
     counters = Counters()
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)  # noqa: E731
@@ -159,11 +160,13 @@ def main() -> None:
 
     def run_step(batch: dict, optimizer: bool) -> None:
         loss, _ = compute_loss(model, frontend, batch, tok, device, args.bf16, counters)
-        loss.backward()
+        scaler.scale(loss).backward()
         if optimizer:
+            scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             torch.stack([loss.detach().float(), norm.float()]).tolist()
             opt.step()
+            scaler.update()
             opt.zero_grad(set_to_none=True)
 
     rows = [("bare nn.LSTM, forward + backward", run_bare),

@@ -1,7 +1,7 @@
 """Training throughput from real shards, beside the bare nn.LSTM stack at the same batch shapes.
 
 For each model size, runs the real training step (GPU/CPU features + SpecAugment, conv subsampling,
-BiLSTM in --lstm-layouts, CTC in fp32, backward, clip, AdamW) for a fixed number of steps from shards, then
+BiLSTM in --lstm-layouts, CTC in fp32, backward with asr train's loss scaling, clip, AdamW) for a fixed number of steps from shards, then
 times a bare ``nn.LSTM`` forward+backward on the very batch shapes the trainer saw. Prints a
 Markdown table: audio seconds per wall second (x real time), padding fraction, the share of wall
 time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
@@ -30,6 +30,7 @@ import argparse
 import functools
 import gc
 import itertools
+import math
 import statistics
 import time
 import warnings
@@ -49,7 +50,7 @@ from asr.gpu_memory import expandable_in_use, set_expandable_segments
 from asr.model import AcousticModel
 from asr.targets import Labeler
 from asr.text import Tokenizer, build_tokenizer, normalize
-from asr.train import GPU_LOADER_NICENESS, Counters, compute_loss, init_loader_worker
+from asr.train import GPU_LOADER_NICENESS, Counters, compute_loss, init_loader_worker, loss_scaler, lstm_in_fp16
 
 
 def sync(device: torch.device) -> None:
@@ -96,6 +97,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     model = AcousticModel(cfg, 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
+    scaler = loss_scaler(device, lstm_in_fp16(device, args.bf16 and device.type == "cuda"))  # as asr train
     # Each shard listed --repeat times: a pass as long as a corpus that many times bigger would give.
     data = ShardBatches(shards * args.repeat, args.max_frames, args.max_batch, args.num_buckets, args.max_duration, seed=0,
                         pad_to=args.pad_to if variant == "pad-to" else 1)
@@ -140,12 +142,15 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
             return None
         loss, stats = out
         with record_function("step 2: backward"):
-            loss.backward()
+            scaler.scale(loss).backward()
         with record_function("step 3: gradient norm, read loss and norm"):
+            scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            torch.stack([loss.detach().float(), norm.float()]).tolist()
+            _, norm_v = torch.stack([loss.detach().float(), norm.float()]).tolist()
         with record_function("step 4: optimizer"):
-            opt.step()
+            if math.isfinite(norm_v):  # (an overflow lowers the scale and skips the update, as in asr train)
+                opt.step()
+            scaler.update()
             opt.zero_grad(set_to_none=True)
         return stats
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,3 +213,19 @@ def test_batch_shapes_reports_passes_padding_and_new_shapes(train_shards):
         padding, new, steps = float(r[7].rstrip("%")), *map(int, r[9].split(" of "))
         assert 0 <= padding < 100 and 1 <= new <= steps
     assert float(rows[1][7].rstrip("%")) > float(rows[0][7].rstrip("%"))  # padded to 64 frames: more padding
+
+
+def test_lstm_grad_range_shows_what_fp16_keeps_with_and_without_scaling(train_shards, tmp_path, tiny_model_cfg):
+    from tests.test_transcribe import _tiny_package
+
+    pkg = _tiny_package(tmp_path / "m.pt", tiny_model_cfg)
+    out = run_script("benchmarks/lstm_grad_range.py", "--model", str(pkg), "--shards", *train_shards,
+                     "--batches", "2", "--max-frames", "400", "--tokens", "1000", "--scale", "1024")
+    rows = table_rows(out)
+    assert [(r[0], r[1]) for r in rows] == [(rows[0][0], "1"), (rows[0][0], "1024"), ("1,000", "1"), ("1,000", "1024")]
+    pct = [[float(c.rstrip("%")) for c in r[4:]] for r in rows]
+    assert all(abs(sum(p) - 100) < 0.2 for p in pct)
+    median = [float(r[2]) for r in rows]
+    assert median[1] == pytest.approx(1024 * median[0], rel=0.01) and median[2] < median[0]  # more tokens: smaller
+    assert pct[1][0] >= pct[0][0] and pct[3][0] >= pct[2][0]  # scaled: at least as much at full precision
+    assert pct[3][2] <= pct[2][2]  # and no more turned to zero
