@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import re
 import subprocess
 import sys
@@ -229,3 +230,20 @@ def test_lstm_grad_range_shows_what_fp16_keeps_with_and_without_scaling(train_sh
     assert median[1] == pytest.approx(1024 * median[0], rel=0.01) and median[2] < median[0]  # more tokens: smaller
     assert pct[1][0] >= pct[0][0] and pct[3][0] >= pct[2][0]  # scaled: at least as much at full precision
     assert pct[3][2] <= pct[2][2]  # and no more turned to zero
+
+
+def test_fp16_lstm_training_rounds_the_lstms_gradients_and_trains_each_way(train_shards):
+    fp = load_benchmark("fp16_lstm_training")
+    x = torch.tensor([1.0, 1e-6, 1e-9], requires_grad=True)
+    fp.RoundGrad.apply(x).backward(torch.tensor([1.0, 1e-6, 1e-9]))
+    assert x.grad[0] == 1.0 and x.grad[1] != 1e-6 and x.grad[1] == pytest.approx(1e-6, rel=0.05) and x.grad[2] == 0
+    out = run_script("benchmarks/fp16_lstm_training.py", "--shards", *train_shards[1:], "--held-out", train_shards[0],
+                     "--modes", "fp32", "boundary-scaled", "full", "--steps", "4", "--every", "2",
+                     "features.n_mels=20", "model.hidden=16", "model.layers=2", "train.max_frames=120",
+                     "train.max_batch=4", "train.warmup_steps=2", "train.num_buckets=2")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["2", "4"]
+    for r in rows:
+        for cell in r[1:]:
+            train, held = (float(v) for v in cell.split(" / "))
+            assert math.isfinite(train) and math.isfinite(held)
