@@ -1,9 +1,9 @@
 """Training throughput from real shards, beside the bare nn.LSTM stack at the same batch shapes.
 
 For each model size, runs the real training step (GPU/CPU features + SpecAugment, conv subsampling,
-BiLSTM in --lstm-layouts, CTC in fp32, backward with asr train's loss scaling, clip, AdamW) for a fixed number of steps from shards, then
-times a bare ``nn.LSTM`` forward+backward on the very batch shapes the trainer saw. Prints a
-Markdown table: audio seconds per wall second (x real time), padding fraction, the share of wall
+BiLSTM in --lstm-layouts, CTC in fp32, backward with asr train's loss scaling, clip, AdamW) for a
+fixed number of steps from shards, then times a bare ``nn.LSTM`` forward+backward on the very batch
+shapes the trainer saw. Prints a Markdown table: audio seconds per wall second (x real time), padding fraction, the share of wall
 time spent waiting on data, our throughput as a percentage of the bare LSTM's, and on a GPU the
 host-device synchronisations per step (each one idles the GPU while the host catches up; with
 ``--profile``, where they come from) and the peak GPU memory of the training steps (what bounds
