@@ -348,20 +348,20 @@ def test_progress_reaches_the_end_when_files_are_skipped(tmp_path, long_coded, m
 
     class Bar:
         def __init__(self, total, **kw):
-            self.total, self.n = total, 0.0
+            self.total, self.n, self.written, self.postfix, self.closed = total, 0.0, [], "", False
             bars.append(self)
 
         def update(self, n):
             self.n += n
 
-        def write(self, *a, **kw):
-            pass
+        def write(self, msg, **kw):
+            self.written.append(msg)
 
-        def set_postfix_str(self, *a):
-            pass
+        def set_postfix_str(self, text):
+            self.postfix = text
 
         def close(self):
-            pass
+            self.closed = True
 
     monkeypatch.setattr(tr, "tqdm", Bar)
     path, _ = long_coded
@@ -375,3 +375,4 @@ def test_progress_reaches_the_end_when_files_are_skipped(tmp_path, long_coded, m
     [bar] = bars
     assert bar.total == pytest.approx(5.0 + sf.info(str(path)).duration)
     assert bar.n == pytest.approx(bar.total, abs=0.01)
+    assert len(bar.written) == 1 and "nan.wav" in bar.written[0] and bar.postfix == "2/2 files" and bar.closed
