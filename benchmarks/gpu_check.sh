@@ -30,12 +30,13 @@
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train preloaded torch-ctc reserved-cores pad-to
-# classic-alloc": asr train's set-up, then the same with the loader's workers stopped, which shows what
-# they cost the training process's host threads; with torch's CTC loss; with two physical cores kept
-# free of workers; with batches padded to multiples of 64 frames, fewer shapes; with the CUDA
-# allocator's fixed-size segments instead of expandable ones; "no-prefetch", each batch
-# copied at its own step's start, is left out by default: step_parts.py's last row prices that copy);
+# VARIANTS: its rows for the first format (default "train no-scaling classic-alloc pad-to preloaded
+# torch-ctc": asr train's set-up, then the same without loss scaling; with the CUDA allocator's
+# fixed-size segments instead of expandable ones; with batches padded to multiples of 64 frames, fewer
+# shapes; with the loader's workers stopped, which shows what they cost the training process's host
+# threads; with torch's CTC loss. Rows print as they finish, so a tight limit cuts the last ones.
+# "reserved-cores" (two physical cores kept free of workers) and "no-prefetch" (each batch copied at
+# its own step's start; step_parts.py's last row prices that copy) are left out by default);
 # REPEAT: train_throughput.py's --repeat (default 4: each shard listed 4 times, so a pass over the
 # 60 h is as long as over 240 h; with 12 workers a pass over 60 h would be ~7 batches a worker, and
 # each pass starts every worker with a small batch and ends it with its buckets' mixed leftovers).
@@ -90,7 +91,7 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train preloaded torch-ctc reserved-cores pad-to classic-alloc}
+variants=${VARIANTS:-train no-scaling classic-alloc pad-to preloaded torch-ctc}
 repeat=${REPEAT:-4}
 extra_frames=${EXTRA_FRAMES-768000}
 profile="--profile $out/profile.txt"  # the first format's train row (a profile's tables take a while)

@@ -16,7 +16,8 @@ copies each batch to the GPU at the start of its own step instead of one step ah
 keeps ``--reserve-cores`` physical cores free of loader workers (``train.reserve_cores``); "pad-to"
 pads each batch to a multiple of ``--pad-to`` frames (``train.pad_to_frames``: fewer distinct batch
 shapes, more padding; its batches differ, and its bare LSTM runs on them); "classic-alloc" runs the CUDA
-allocator without expandable segments (``train.expandable_segments=false``). Each row also says how many
+allocator without expandable segments (``train.expandable_segments=false``); "no-scaling" trains without
+the dynamic loss scaling that asr train gives the fp16 LSTM on a GPU (``train.loss_scaling=false``). Each row also says how many
 of its timed steps had a batch of a shape no step before it had (what per-shape set-up costs).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
@@ -74,7 +75,8 @@ def allocator_events(device: torch.device) -> Counter:
                     for k in ALLOCATOR_EVENTS})
 
 
-VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores", "pad-to", "classic-alloc")
+VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores", "pad-to", "classic-alloc",
+            "no-scaling")
 
 
 def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
@@ -97,7 +99,8 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
     model = AcousticModel(cfg, 80, tok.vocab_size).to(device)
     frontend = FeatureExtractor(FeatureConfig(), SpecAugConfig()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as asr train
-    scaler = loss_scaler(device, lstm_in_fp16(device, args.bf16 and device.type == "cuda"))  # as asr train
+    scaler = loss_scaler(device, variant != "no-scaling"  # as asr train
+                         and lstm_in_fp16(device, args.bf16 and device.type == "cuda"))
     # Each shard listed --repeat times: a pass as long as a corpus that many times bigger would give.
     data = ShardBatches(shards * args.repeat, args.max_frames, args.max_batch, args.num_buckets, args.max_duration, seed=0,
                         pad_to=args.pad_to if variant == "pad-to" else 1)
@@ -301,7 +304,8 @@ def main() -> None:
                         "first, loader workers stopped), torch-ctc (torch's CTC loss), no-prefetch (each batch "
                         "copied to the GPU at its step's start), reserved-cores (--reserve-cores physical cores "
                         "kept free of loader workers), pad-to (batches padded to a multiple of --pad-to frames), "
-                        "classic-alloc (the CUDA allocator without expandable segments)")
+                        "classic-alloc (the CUDA allocator without expandable segments), no-scaling (no loss "
+                        "scaling: what the scaler costs a step)")
     p.add_argument("--reserve-cores", type=int, default=2, help="for the reserved-cores variant (default 2: the "
                    "training process's thread and autograd's, which launch the kernels)")
     p.add_argument("--repeat", type=int, default=1,
