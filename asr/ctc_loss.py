@@ -9,6 +9,11 @@ non-blocking copies from the host, it never waits. So ``ctc_loss`` takes cuDNN's
 batch fits it (every target 1 to 255 tokens, feasible in its input: ``cudnn_fits``), once it has
 agreed with torch's on a first batch (per device; if it does not, or fails, torch's is used, with a
 warning), and torch's everywhere else. ``impl="torch"`` always takes torch's.
+
+torch's is the default all the same: measured in training on one H200 (2026-11-28, benchmarks/
+RESULTS.md), the step with cuDNN's took 288 ms against 248 ms with torch's, the waits included, though
+cuDNN's kernels take ~3 ms of it and the two are within 2 ms of each other in ``step_parts.py``'s
+build-up of the step. Why is not known yet; ``impl="cudnn"`` (``train.ctc=cudnn``) keeps it at hand.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from asr.targets import ctc_min_frames_batch
 
 log = logging.getLogger(__name__)
 
-IMPLS = ("auto", "torch")
+IMPLS = ("torch", "cudnn")
 CUDNN_MAX_TARGET = 255  # the maximum label length torch gives cuDNN's CTC descriptor
 
 # Per device: whether cuDNN's CTC loss agreed with torch's on the first batch that fitted it.
@@ -108,15 +113,15 @@ def _check_cudnn(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, targ
 
 
 def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
-             impl: str = "auto") -> Tensor:
+             impl: str = "torch") -> Tensor:
     """Summed CTC loss (blank 0), a scalar: log_probs (T, B, V) float32; targets (N,) the token ids
     end to end, input_lengths and target_lengths (B,), all three on the host (on a GPU they are
-    copied from pinned memory without waiting). ``impl``: "auto" (cuDNN's when it can, see the module
-    docstring) or "torch"."""
+    copied from pinned memory without waiting). ``impl``: "torch" or "cudnn" (cuDNN's when it can, see
+    the module docstring)."""
     if impl not in IMPLS:
         raise ValueError(f"CTC implementation {impl!r}: expected one of {', '.join(IMPLS)}")
     dev = log_probs.device
-    if impl == "auto" and cudnn_available(dev) and _cudnn_agrees.get(dev, True):
+    if impl == "cudnn" and cudnn_available(dev) and _cudnn_agrees.get(dev, True):
         if cudnn_fits(targets, input_lengths, target_lengths, log_probs.shape[0], log_probs.shape[2]):
             on_device = tuple(to_device(t.to(torch.int32), dev) for t in (targets, input_lengths, target_lengths))
             if dev not in _cudnn_agrees:

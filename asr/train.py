@@ -108,7 +108,7 @@ def loss_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
 
 def compute_loss(model: torch.nn.Module, frontend: FeatureExtractor, batch: dict, tokenizer: Tokenizer,
                  device: torch.device, bf16: bool, counters: Counters,
-                 ctc: str = "auto") -> tuple[torch.Tensor, dict] | None:
+                 ctc: str = "torch") -> tuple[torch.Tensor, dict] | None:
     """CTC loss (sum over the batch / target tokens) of one batch; None if no utterance is usable.
     ``bf16``: run the model under bf16 autocast on ``device`` (the CTC loss stays fp32); ``ctc``: the
     CTC loss's implementation (``asr.ctc_loss.ctc_loss``).

@@ -30,11 +30,11 @@
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train no-scaling classic-alloc pad-to preloaded
-# torch-ctc": asr train's set-up, then the same without loss scaling; with the CUDA allocator's
-# fixed-size segments instead of expandable ones; with batches padded to multiples of 64 frames, fewer
-# shapes; with the loader's workers stopped, which shows what they cost the training process's host
-# threads; with torch's CTC loss. Rows print as they finish, so a tight limit cuts the last ones.
+# VARIANTS: its rows for the first format (default "train cudnn-ctc classic-alloc no-scaling pad-to
+# preloaded": asr train's set-up, then the same with cuDNN's CTC loss; with the CUDA allocator's
+# fixed-size segments instead of expandable ones; without loss scaling; with batches padded to
+# multiples of 64 frames, fewer shapes; with the loader's workers stopped, which shows what they cost
+# the training process's host threads. Rows print as they finish, so a tight limit cuts the last ones.
 # "reserved-cores" (two physical cores kept free of workers) and "no-prefetch" (each batch copied at
 # its own step's start; step_parts.py's last row prices that copy) are left out by default);
 # REPEAT: train_throughput.py's --repeat (default 4: each shard listed 4 times, so a pass over the
@@ -71,7 +71,7 @@ long=$work/long_$train_format
 if [ "$device" = cuda ] && $py -c "import pytest" 2>/dev/null; then
   stage "GPU tests"  # those of the training step that only run where there is a GPU (cuDNN's CTC loss, prefetch, the allocator's segments)
   timeout 120 $py -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/test_ctc_loss.py \
-      tests/test_prefetch.py tests/test_gpu_memory.py tests/test_loss_scaling.py -k "gpu" 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
+      tests/test_prefetch.py tests/test_gpu_memory.py tests/test_loss_scaling.py -k "gpu" 2>&1 | tail -60 | tee "$out/gpu_tests.txt"
 fi
 
 if [ "$device" = cuda ]; then
@@ -91,7 +91,7 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train no-scaling classic-alloc pad-to preloaded torch-ctc}
+variants=${VARIANTS:-train cudnn-ctc classic-alloc no-scaling pad-to preloaded}
 repeat=${REPEAT:-4}
 extra_frames=${EXTRA_FRAMES-768000}
 profile="--profile $out/profile.txt"  # the first format's train row (a profile's tables take a while)

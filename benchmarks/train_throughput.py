@@ -11,13 +11,14 @@ host-device synchronisations per step (each one idles the GPU while the host cat
 only cached memory calls it never). ``--variants`` adds rows that each change one thing from asr train's set-up
 ("train"), on the same batches: "preloaded" reads them before the steps and stops the loader's
 workers (what the workers cost the training process beside data wait: they share its cores);
-"torch-ctc" takes torch's CTC loss (8 host-device waits a step) in place of cuDNN's; "no-prefetch"
+"cudnn-ctc" takes cuDNN's CTC loss (no host-device waits) in place of torch's (8 a step); "no-prefetch"
 copies each batch to the GPU at the start of its own step instead of one step ahead; "reserved-cores"
 keeps ``--reserve-cores`` physical cores free of loader workers (``train.reserve_cores``); "pad-to"
 pads each batch to a multiple of ``--pad-to`` frames (``train.pad_to_frames``: fewer distinct batch
 shapes, more padding; its batches differ, and its bare LSTM runs on them); "classic-alloc" runs the CUDA
-allocator without expandable segments (``train.expandable_segments=false``); "no-scaling" trains without
-the dynamic loss scaling that asr train gives the fp16 LSTM on a GPU (``train.loss_scaling=false``). Each row also says how many
+allocator without expandable segments (``train.expandable_segments=false``); "no-scaling" trains
+without the dynamic loss scaling that asr train gives the fp16 LSTM on a GPU
+(``train.loss_scaling=false``). Each row also says how many
 of its timed steps had a batch of a shape no step before it had (what per-shape set-up costs).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
@@ -75,7 +76,7 @@ def allocator_events(device: torch.device) -> Counter:
                     for k in ALLOCATOR_EVENTS})
 
 
-VARIANTS = ("train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores", "pad-to", "classic-alloc",
+VARIANTS = ("train", "preloaded", "cudnn-ctc", "no-prefetch", "reserved-cores", "pad-to", "classic-alloc",
             "no-scaling")
 
 
@@ -125,7 +126,7 @@ def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Token
             if empty:
                 return
 
-    preload, ctc = variant == "preloaded", "torch" if variant == "torch-ctc" else "auto"
+    preload, ctc = variant == "preloaded", "cudnn" if variant == "cudnn-ctc" else "torch"
     source = stream()
     if preload:  # every batch read first, then the loader's workers stopped: steps without them
         # (6 more for counting syncs and profiling, 10 spares: a batch with no usable utterance is not a
@@ -301,7 +302,7 @@ def main() -> None:
                    help="model.lstm_layout values to run, one row each (the bare LSTM is timed at each row's shapes)")
     p.add_argument("--variants", nargs="+", default=["train"], choices=VARIANTS,
                    help="a row each: train (asr train's set-up), or it with one change: preloaded (batches read "
-                        "first, loader workers stopped), torch-ctc (torch's CTC loss), no-prefetch (each batch "
+                        "first, loader workers stopped), cudnn-ctc (cuDNN's CTC loss), no-prefetch (each batch "
                         "copied to the GPU at its step's start), reserved-cores (--reserve-cores physical cores "
                         "kept free of loader workers), pad-to (batches padded to a multiple of --pad-to frames), "
                         "classic-alloc (the CUDA allocator without expandable segments), no-scaling (no loss "

@@ -121,7 +121,7 @@ def test_step_parts_builds_the_step_up_from_the_bare_lstm():
                      "--repeats", "2", "--threads", "1", "--shapes", "both")
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["bare nn.LSTM, forward + backward", "model (padded), summed log-probs",
-                                    "+ CTC loss, torch's", "+ CTC loss, cuDNN's where it fits (asr train's)",
+                                    "+ CTC loss, cuDNN's where it fits", "+ CTC loss, torch's (asr train's)",
                                     "+ features and SpecAugment", "+ gradient norm, read, optimizer",
                                     "+ batch from pinned host memory"]
     for col in (1, 3):  # fixed batch, fresh shapes: each against its own bare row
@@ -150,11 +150,11 @@ def test_step_parts_fresh_shapes_never_repeat_and_keep_the_audio():
 
 def test_train_throughput_preloaded_row_trains_on_the_same_batches(train_shards):
     out = run_script("benchmarks/train_throughput.py", "--shards", *train_shards, "--sizes", "1x16",
-                     "--variants", "train", "preloaded", "torch-ctc", "no-prefetch", "reserved-cores",
+                     "--variants", "train", "preloaded", "cudnn-ctc", "no-prefetch", "reserved-cores",
                      "classic-alloc", "no-scaling", "--reserve-cores", "1", "--steps", "3", "--warmup", "1",
                      "--max-frames", "400", "--workers", "1", "--threads", "1")
     rows = table_rows(out)
-    assert [r[0] for r in rows] == ["1x16 padded", "1x16 padded, preloaded", "1x16 padded, torch-ctc",
+    assert [r[0] for r in rows] == ["1x16 padded", "1x16 padded, preloaded", "1x16 padded, cudnn-ctc",
                                     "1x16 padded, no-prefetch", "1x16 padded, reserved-cores",
                                     "1x16 padded, classic-alloc", "1x16 padded, no-scaling"]
     assert len({r[5] for r in rows}) == 1  # the same batches in every row: the same padding fraction

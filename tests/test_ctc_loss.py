@@ -64,7 +64,7 @@ def reference(logits, targets, il, tl):
 
 def test_on_the_cpu_it_is_torchs_ctc_loss_summed():
     logits, targets, il, tl = batch()
-    loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl)
+    loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn")  # no cuDNN on the CPU: torch's
     ref, ref_grad = reference(logits, targets, il, tl)
     torch.testing.assert_close(loss, ref)
     loss.backward()
@@ -76,7 +76,7 @@ def test_on_the_cpu_it_is_torchs_ctc_loss_summed():
 def test_cudnn_path_gives_torchs_loss_and_gradients_with_the_padding_zeroed(cudnn):
     logits, targets, il, tl = batch()
     ntok = int(tl.sum())
-    loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl) / ntok  # as compute_loss scales it
+    loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn") / ntok  # as compute_loss scales it
     ref, ref_grad = reference(logits, targets, il, tl)
     torch.testing.assert_close(loss, ref / ntok)
     loss.backward()
@@ -87,7 +87,7 @@ def test_cudnn_path_gives_torchs_loss_and_gradients_with_the_padding_zeroed(cudn
     # The check (once) and the loss: int32 labels and lengths, blank 0, the deterministic algorithm.
     assert cudnn == [(torch.int32, torch.int32, torch.int32, 0, True, True)] * 2
     assert C._cudnn_agrees == {torch.device("cpu"): True}
-    C.ctc_loss(logits.log_softmax(-1), targets, il, tl)
+    C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn")
     assert len(cudnn) == 3  # checked once per device, not again
 
 
@@ -97,8 +97,8 @@ def test_a_batch_cudnn_cannot_take_goes_to_torch(cudnn, caplog):
     tl[1] = il[1] + 1  # a target longer than its input (infinite loss): cuDNN may read out of bounds
     targets = torch.randint(1, 12, (int(tl.sum()),))
     with caplog.at_level(logging.INFO, logger="asr.ctc_loss"):
-        loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl)
-        C.ctc_loss(logits.log_softmax(-1), targets, il, tl)
+        loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn")
+        C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn")
     assert cudnn == [] and torch.isinf(loss)
     assert caplog.text.count("cannot take") == 1
 
@@ -135,8 +135,8 @@ def test_torchs_loss_is_used_with_a_warning_when_cudnn_disagrees_or_fails(monkey
     monkeypatch.setattr(torch, "_cudnn_ctc_loss", fake_cudnn(calls, scale=2.0, fail=fail))
     logits, targets, il, tl = batch()
     with caplog.at_level(logging.WARNING, logger="asr.ctc_loss"):
-        loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl)
-        C.ctc_loss(logits.log_softmax(-1), targets, il, tl)
+        loss = C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn")
+        C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn")
     assert len(calls) == 1  # the check only: then torch's, for good on this device
     assert ("disagrees with torch's" if how == "disagrees" else "CUDNN_STATUS_NOT_SUPPORTED") in caplog.text
     torch.testing.assert_close(loss.detach(), reference(logits, targets, il, tl)[0])
@@ -146,13 +146,14 @@ def test_running_out_of_memory_in_the_check_is_not_taken_for_a_cudnn_failure(mon
     monkeypatch.setattr(torch, "_cudnn_ctc_loss", fake_cudnn([], fail=torch.OutOfMemoryError("CUDA out of memory")))
     logits, targets, il, tl = batch()
     with pytest.raises(torch.OutOfMemoryError):
-        C.ctc_loss(logits.log_softmax(-1), targets, il, tl)
+        C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="cudnn")
     assert C._cudnn_agrees == {}
 
 
-def test_impl_torch_never_takes_cudnn(cudnn):
+def test_impl_torch_the_default_never_takes_cudnn(cudnn):
     logits, targets, il, tl = batch()
     C.ctc_loss(logits.log_softmax(-1), targets, il, tl, impl="torch").backward()
+    C.ctc_loss(logits.log_softmax(-1), targets, il, tl).backward()
     assert cudnn == []
 
 
@@ -165,12 +166,12 @@ def test_on_a_gpu_cudnn_agrees_with_torch_and_never_waits(monkeypatch):
     x_t = x.transpose(0, 1)
     ref = F.ctc_loss(x_t.log_softmax(-1), targets.to(dev), il, tl, reduction="sum")
     (ref_grad,) = torch.autograd.grad(ref, x)
-    C.ctc_loss(x_t.log_softmax(-1), targets, il, tl)  # the one-off check, which waits
-    assert C._cudnn_agrees[dev] is True
+    C.ctc_loss(x_t.log_softmax(-1), targets, il, tl, impl="cudnn")  # the one-off check, which waits
+    assert C._cudnn_agrees[x.device] is True  # keyed by the device with its index, cuda:0
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = C.ctc_loss(x_t.log_softmax(-1), targets, il, tl)
+        loss = C.ctc_loss(x_t.log_softmax(-1), targets, il, tl, impl="cudnn")
         (grad,) = torch.autograd.grad(loss, x)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -63,6 +63,16 @@ def test_nothing_to_say_on_the_cpu():
     assert gpu_memory.expandable_in_use(torch.device("cpu")) is None
 
 
+def test_expandable_in_use_reads_the_devices_segments(monkeypatch):
+    segments = [{"device": 0, "is_expandable": True}, {"device": 1, "is_expandable": False}]
+    monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: segments)
+    assert gpu_memory.expandable_in_use(torch.device("cuda", 0)) is True
+    assert gpu_memory.expandable_in_use(torch.device("cuda", 1)) is False
+    assert gpu_memory.expandable_in_use(torch.device("cuda", 2)) is None  # nothing reserved there
+    segments.append({"device": 0})  # a fixed-size segment left from before (cuBLAS's workspace, say)
+    assert gpu_memory.expandable_in_use(torch.device("cuda", 0)) is False
+
+
 @gpu
 def test_on_a_gpu_the_allocator_reserves_what_was_asked_for(monkeypatch):
     for name in gpu_memory.ENV_VARS:
@@ -76,6 +86,5 @@ def test_on_a_gpu_the_allocator_reserves_what_was_asked_for(monkeypatch):
                      if s["address"] <= x.data_ptr() < s["address"] + s["total_size"]]
             assert bool(seg.get("is_expandable")) == on
             del x
-        assert gpu_memory.expandable_in_use(dev) in (True, None)  # the last setting's memory only, if any
     finally:
         gpu_memory.set_expandable_segments(False)  # the allocator's default, for the tests after this one
