@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one run (about ten minutes on one H100, an
-# estimate: give the device call its whole limit, 600 s; the short `asr train` run is last, so it is
-# what a tight limit cuts):
+# The GPU measurements of benchmarks/RESULTS.md in one run (7 min 10 s on one H200 on 2026-11-28, when
+# step_parts.py stopped early; give the device call its whole limit, 600 s; the short `asr train` run
+# is last, so it is what a tight limit cuts):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
-#      utterances in each FORMATS shard audio format (default "flac wav");
+#      utterances in each FORMATS shard audio format (default "wav"; "flac wav" adds FLAC's rows, ~3
+#      minutes more);
 #   1a. the tests that need a GPU (when pytest is importable);
 #   1b. benchmarks/step_parts.py: the step built up part by part (where the gap to the bare LSTM
 #       goes), on one fixed batch and on batches of a fresh shape each run (what a new shape costs),
@@ -58,7 +59,7 @@ stage "machine"
   $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())"
 } 2>&1 | tee "$out/machine.txt"
 
-read -ra fmts <<< "${FORMATS:-flac wav}"
+read -ra fmts <<< "${FORMATS:-wav}"
 formats=${fmts[*]}
 train_format=${TRAIN_FORMAT:-${fmts[-1]}}
 stage "LibriSpeech-length shards"

@@ -6,10 +6,14 @@ the row above and is timed the same way (forward + backward, a sync after each r
 ``--repeats`` after two warm-up runs), without the loader's noise:
 
 1. bare: a bidirectional ``nn.LSTM`` of the model's size over the model's LSTM input shape;
+1b. our LSTM: the model's own LSTM layers alone, as its ``--lstm-layout`` runs them (padded: one
+   direction of one layer a cuDNN call, each utterance reversed within its length), on that input;
+   with row 2 it splits the model's gap to the bare LSTM between how the LSTM is run and the rest
+   (subsampling, dropout, head, log-softmax);
 2. model: the acoustic model (subsampling, BiLSTM in ``--lstm-layout``, head, log-softmax) on
    ready features, the summed log-probs as the loss;
-3. + CTC loss: fp32 CTC on its log-probs instead, torch's (its CUDA CTC copies its lengths to the GPU
-   with a wait each time) and cuDNN's (``asr.ctc_loss``: no waits; asr train's default, used below);
+3. + CTC loss: fp32 CTC on its log-probs instead, cuDNN's (``train.ctc=cudnn``: no waits) and torch's
+   (its CUDA CTC copies its lengths to the GPU with a wait each time; asr train's default, used below);
 4. + features: log-mels, CMVN and SpecAugment from 16-bit audio already on the device
    (``asr.train.compute_loss``, as ``asr train`` calls it);
 5. + optimizer: the rest of the step (asr train's loss scaling on a GPU, gradient norm clipping, the
@@ -149,6 +153,15 @@ def main() -> None:
             y, _ = bare(inp["x"])
         y.float().sum().backward()
 
+    def run_our_lstm(inp: dict) -> None:
+        lengths = subsampled_lengths(inp["flen"], args.stride).clamp(max=inp["x"].shape[1])
+        with autocast():
+            if args.lstm_layout == "padded":
+                y = model._lstm_padded(inp["x"], lengths)
+            else:
+                y = model._lstm_packed(inp["x"], lengths)
+        y.float().sum().backward()
+
     def run_model(inp: dict, ctc: str | None) -> None:
         with autocast():
             log_probs, out_len = model(inp["feats"], inp["flen"])
@@ -171,6 +184,7 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
 
     rows = [("bare nn.LSTM, forward + backward", run_bare),
+            (f"our LSTM layers alone ({args.lstm_layout})", run_our_lstm),
             (f"model ({args.lstm_layout}), summed log-probs", lambda inp: run_model(inp, None)),
             ("+ CTC loss, cuDNN's where it fits", lambda inp: run_model(inp, "cudnn")),
             ("+ CTC loss, torch's (asr train's)", lambda inp: run_model(inp, "torch")),

@@ -120,7 +120,8 @@ def test_step_parts_builds_the_step_up_from_the_bare_lstm():
     out = run_script("benchmarks/step_parts.py", "--hidden", "8", "--layers", "2", "--batch", "3", "--seconds", "1",
                      "--repeats", "2", "--threads", "1", "--shapes", "both")
     rows = table_rows(out)
-    assert [r[0] for r in rows] == ["bare nn.LSTM, forward + backward", "model (padded), summed log-probs",
+    assert [r[0] for r in rows] == ["bare nn.LSTM, forward + backward", "our LSTM layers alone (padded)",
+                                    "model (padded), summed log-probs",
                                     "+ CTC loss, cuDNN's where it fits", "+ CTC loss, torch's (asr train's)",
                                     "+ features and SpecAugment", "+ gradient norm, read, optimizer",
                                     "+ batch from pinned host memory"]
