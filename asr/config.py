@@ -138,7 +138,7 @@ class TrainConfig:
     # it is ignored with a warning): about 1.5x faster LSTM steps at the mini recipe's shapes.
     cpu_bf16: bool = False
     log_every: int = 10
-    threads: int = 0  # torch CPU threads (0: leave the default)
+    threads: int = 0  # torch CPU threads of the training process (0: 1 on a GPU, torch's default on the CPU)
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
     cmvn_utts: int = 2000  # training utterances read for the CMVN statistics (0: all)
     save_every_steps: int = 0  # also checkpoint mid-epoch every N steps (0: at epoch ends only)

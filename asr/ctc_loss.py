@@ -13,7 +13,11 @@ warning), and torch's everywhere else. ``impl="torch"`` always takes torch's.
 torch's is the default all the same: measured in training on one H200 (2026-11-28, benchmarks/
 RESULTS.md), the step with cuDNN's took 288 ms against 248 ms with torch's, the waits included, though
 cuDNN's kernels take ~3 ms of it and the two are within 2 ms of each other in ``step_parts.py``'s
-build-up of the step. Why is not known yet; ``impl="cudnn"`` (``train.ctc=cudnn``) keeps it at hand.
+build-up of the step (no loader workers there). The profile points at the host: ``cudnn_fits``'s CPU
+ops on the batch's ~30,000 targets took 7-11 ms each, split over a thread per core that the loader's
+workers share. ``asr train`` now gives its process one CPU thread on a GPU (``asr.train.
+process_threads``), which should remove that; until a GPU run says so, ``impl="cudnn"``
+(``train.ctc=cudnn``) stays the choice to measure, not the default.
 """
 from __future__ import annotations
 

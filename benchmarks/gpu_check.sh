@@ -31,13 +31,15 @@
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # SMALL=1: also the 4 x 320 model.
 # LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train cudnn-ctc classic-alloc no-scaling pad-to
-# preloaded": asr train's set-up, then the same with cuDNN's CTC loss; with the CUDA allocator's
-# fixed-size segments instead of expandable ones; without loss scaling; with batches padded to
-# multiples of 64 frames, fewer shapes; with the loader's workers stopped, which shows what they cost
-# the training process's host threads. Rows print as they finish, so a tight limit cuts the last ones.
-# "reserved-cores" (two physical cores kept free of workers) and "no-prefetch" (each batch copied at
-# its own step's start; step_parts.py's last row prices that copy) are left out by default);
+# VARIANTS: its rows for the first format (default "train all-threads cudnn-ctc classic-alloc
+# preloaded": asr train's set-up, then the same with the training process on torch's default CPU
+# threads (one per core); with cuDNN's CTC loss; with the CUDA allocator's fixed-size segments instead
+# of expandable ones; with the loader's workers stopped, which shows what they cost the training
+# process's host threads. Rows print as they finish, so a tight limit cuts the last ones.
+# "no-scaling" (no loss scaling; cost nothing on an H200), "pad-to" (batches padded to multiples of
+# 64 frames: slower on an H200), "reserved-cores" (two physical cores kept free of workers) and
+# "no-prefetch" (each batch copied at its own step's start; step_parts.py's last row prices that
+# copy) are left out by default);
 # REPEAT: train_throughput.py's --repeat (default 4: each shard listed 4 times, so a pass over the
 # 60 h is as long as over 240 h; with 12 workers a pass over 60 h would be ~7 batches a worker, and
 # each pass starts every worker with a small batch and ends it with its buckets' mixed leftovers).
@@ -92,7 +94,7 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train cudnn-ctc classic-alloc no-scaling pad-to preloaded}
+variants=${VARIANTS:-train all-threads cudnn-ctc classic-alloc preloaded}
 repeat=${REPEAT:-4}
 extra_frames=${EXTRA_FRAMES-768000}
 profile="--profile $out/profile.txt"  # the first format's train row (a profile's tables take a while)

@@ -18,7 +18,8 @@ pads each batch to a multiple of ``--pad-to`` frames (``train.pad_to_frames``: f
 shapes, more padding; its batches differ, and its bare LSTM runs on them); "classic-alloc" runs the CUDA
 allocator without expandable segments (``train.expandable_segments=false``); "no-scaling" trains
 without the dynamic loss scaling that asr train gives the fp16 LSTM on a GPU
-(``train.loss_scaling=false``). Each row also says how many
+(``train.loss_scaling=false``); "all-threads" leaves the training process torch's default CPU threads
+(one per core) where asr train gives it one on a GPU (``train.threads``). Each row also says how many
 of its timed steps had a batch of a shape no step before it had (what per-shape set-up costs).
 
     python benchmarks/train_throughput.py --shards data/mini/shards/train.index.json \
@@ -52,7 +53,8 @@ from asr.gpu_memory import expandable_in_use, set_expandable_segments
 from asr.model import AcousticModel
 from asr.targets import Labeler
 from asr.text import Tokenizer, build_tokenizer, normalize
-from asr.train import GPU_LOADER_NICENESS, Counters, compute_loss, init_loader_worker, loss_scaler, lstm_in_fp16
+from asr.train import (GPU_LOADER_NICENESS, Counters, compute_loss, init_loader_worker, loss_scaler, lstm_in_fp16,
+                       process_threads)
 
 
 def sync(device: torch.device) -> None:
@@ -77,7 +79,7 @@ def allocator_events(device: torch.device) -> Counter:
 
 
 VARIANTS = ("train", "preloaded", "cudnn-ctc", "no-prefetch", "reserved-cores", "pad-to", "classic-alloc",
-            "no-scaling")
+            "no-scaling", "all-threads")
 
 
 def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
@@ -93,6 +95,7 @@ def tokenizer(kind: str, shards: list[str], texts: int = 3000) -> Tokenizer:
 def run_ours(size: str, layout: str, variant: str, shards: list[str], tok: Tokenizer, args,
              device: torch.device) -> dict:
     layers, hidden = (int(x) for x in size.split("x"))
+    torch.set_num_threads(args.all_threads if variant == "all-threads" else args.threads)
     if device.type == "cuda":  # as asr train sets it up, before this row's model and batches take memory
         gc.collect()  # the row before's tensors, so that emptying the cache releases their memory too
         set_expandable_segments(variant != "classic-alloc")
@@ -306,7 +309,8 @@ def main() -> None:
                         "copied to the GPU at its step's start), reserved-cores (--reserve-cores physical cores "
                         "kept free of loader workers), pad-to (batches padded to a multiple of --pad-to frames), "
                         "classic-alloc (the CUDA allocator without expandable segments), no-scaling (no loss "
-                        "scaling: what the scaler costs a step)")
+                        "scaling: what the scaler costs a step), all-threads (the training process on torch's "
+                        "default CPU threads, not asr train's)")
     p.add_argument("--reserve-cores", type=int, default=2, help="for the reserved-cores variant (default 2: the "
                    "training process's thread and autograd's, which launch the kernels)")
     p.add_argument("--repeat", type=int, default=1,
@@ -331,21 +335,23 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-bf16", dest="bf16", action="store_false")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="the training process's torch CPU threads (default: "
+                   "as asr train, 1 on a GPU and torch's default on the CPU)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="turn cudnn.benchmark on (asr train leaves it off: shapes change every step)")
     p.add_argument("--profile", help="also profile 3 steps of each size's train variant (and of the bare LSTM "
                    "at its shapes); write the top kernels here")
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.all_threads = torch.get_num_threads()
+    args.threads = process_threads(device, args.threads) or args.all_threads
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     shards = resolve_shards(args.shards)
     tok = tokenizer(args.tokenizer, shards)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; bf16: {args.bf16 and device.type == 'cuda'}; max_frames {args.max_frames}; "
+          f"{args.threads} CPU thread(s) for the training process; "
           f"{args.steps} timed steps after {args.warmup} warm-up; {args.workers} loader workers; "
           f"{len(shards)} shards{f' x {args.repeat} a pass' if args.repeat > 1 else ''}; "
           f"{args.tokenizer} units ({tok.vocab_size} with the blank); "

@@ -152,12 +152,14 @@ def test_step_parts_fresh_shapes_never_repeat_and_keep_the_audio():
 def test_train_throughput_preloaded_row_trains_on_the_same_batches(train_shards):
     out = run_script("benchmarks/train_throughput.py", "--shards", *train_shards, "--sizes", "1x16",
                      "--variants", "train", "preloaded", "cudnn-ctc", "no-prefetch", "reserved-cores",
-                     "classic-alloc", "no-scaling", "--reserve-cores", "1", "--steps", "3", "--warmup", "1",
+                     "classic-alloc", "no-scaling", "all-threads", "--reserve-cores", "1", "--steps", "3",
+                     "--warmup", "1",
                      "--max-frames", "400", "--workers", "1", "--threads", "1")
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["1x16 padded", "1x16 padded, preloaded", "1x16 padded, cudnn-ctc",
                                     "1x16 padded, no-prefetch", "1x16 padded, reserved-cores",
-                                    "1x16 padded, classic-alloc", "1x16 padded, no-scaling"]
+                                    "1x16 padded, classic-alloc", "1x16 padded, no-scaling",
+                                    "1x16 padded, all-threads"]
     assert len({r[5] for r in rows}) == 1  # the same batches in every row: the same padding fraction
     assert float(rows[1][6].rstrip("%")) < 1.0  # nothing to wait for once the batches are in memory
 

@@ -7,9 +7,10 @@ import os
 import signal
 
 import pytest
+import torch
 
 from asr.data import cpus as C
-from asr.train import init_loader_worker
+from asr.train import init_loader_worker, process_threads
 
 
 def fake_sysfs(tmp_path, siblings: dict[int, str]):
@@ -18,6 +19,12 @@ def fake_sysfs(tmp_path, siblings: dict[int, str]):
         d.mkdir(parents=True)
         (d / "thread_siblings_list").write_text(text + "\n")
     return tmp_path
+
+
+@pytest.mark.parametrize("device, threads, expected", [("cuda", 0, 1), ("cpu", 0, 0), ("cuda", 4, 4), ("cpu", 2, 2)])
+def test_the_training_process_runs_one_cpu_thread_on_a_gpu_unless_told(device, threads, expected):
+    # 0: torch's default (a thread per core), which the CPU training needs and a GPU's does not
+    assert process_threads(torch.device(device), threads) == expected
 
 
 # 4 cores x 2 hyper-threads, numbered as many Linux machines do: CPU n and n + 4 share a core.
