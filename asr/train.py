@@ -412,8 +412,9 @@ def _train(cfg: ExperimentConfig, train_shards: list[str], dev: list[Utterance],
         torch.backends.cudnn.benchmark = False
         log.info("CUDA allocator: %s", set_expandable_segments(tc.expandable_segments))
     dev_t = torch.device(device)
-    if process_threads(dev_t, tc.threads):
-        torch.set_num_threads(process_threads(dev_t, tc.threads))
+    threads = process_threads(dev_t, tc.threads)
+    if threads:
+        torch.set_num_threads(threads)
     use_bf16 = tc.bf16 if dev_t.type == "cuda" else tc.cpu_bf16
     if use_bf16 and dev_t.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("train.cpu_bf16: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
