@@ -250,3 +250,12 @@ def test_fp16_lstm_training_rounds_the_lstms_gradients_and_trains_each_way(train
         for cell in r[1:]:
             train, held = (float(v) for v in cell.split(" / "))
             assert math.isfinite(train) and math.isfinite(held)
+
+
+def test_host_threads_times_the_check_on_idle_and_busy_cores():
+    out = run_script("benchmarks/host_threads.py", "--utts", "8", "--tokens", "5", "--busy", "1", "--threads", "1", "2",
+                     "--repeats", "5")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert all(len(r) == 7 and all(float(ms) > 0 for ms in r[1:]) for r in rows)
+    assert "targets of 8 utterances" in out
