@@ -247,7 +247,7 @@ RULES: dict[str, Rule] = {
     "model.subsample": _one_of("conv1d", "conv2d"),
     "model.stride": _at_least(1),
     "model.subsample_channels": _at_least(1),
-    "model.lstm_layout": _one_of("padded", "packed"),
+    "model.lstm_layout": _one_of("padded", "packed", "split"),
     "model.hidden": _at_least(1),
     "model.layers": _at_least(1),
     "model.dropout": _fraction(upper_open=True),

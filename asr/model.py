@@ -6,9 +6,13 @@ outputs beyond each length are zeroed before the next layer, and the LSTM never 
 reach a valid one. ``model.lstm_layout`` picks how the LSTM meets padding: "padded" (the default),
 each direction of each layer over the padded batch, the forward one as is (padding comes after the
 valid frames), the backward one over each sequence reversed within its length, outputs past each
-length zeroed; or "packed", cuDNN over packed sequences. Both use the same weights. Padded is faster
-on a GPU (one GEMM shape for cuDNN, where packing changes it at every time step: 9,262x against
-6,254x real time for 5 x 1024 on an H100) and on the CPU (PyTorch's packed LSTM leaves oneDNN).
+length zeroed; "packed", cuDNN over packed sequences; or "split", each layer one bidirectional call
+over the frames every utterance of the batch has (both directions at once, as the bare cuDNN LSTM
+runs them, and no reversal), the frames past the shortest utterance run one direction at a time
+and handed over as the state the bidirectional call starts or ends with. All three use the same
+weights and give the same results. Padded is faster than packed on a GPU (one GEMM shape for
+cuDNN, where packing changes it at every time step: 9,262x against 6,254x real time for 5 x 1024 on
+an H100) and on the CPU (PyTorch's packed LSTM leaves oneDNN).
 """
 from __future__ import annotations
 
@@ -35,6 +39,21 @@ def pack_index(lengths: Tensor, total: int) -> tuple[Tensor, Tensor]:
     valid = torch.arange(total)[:, None] < ordered[None, :]  # (T, B): time-major, longest first
     step, rank = valid.nonzero(as_tuple=True)
     return order[rank] * total + step, valid.sum(1)[: int(ordered[0])]
+
+
+def tail_pack_index(lengths: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The split layout's backward tails as a PackedSequence: each utterance's ``lengths[b]`` (B,)
+    frames (may be 0) taken last frame first from a time-major (L, ``batch``, D) tail flattened to
+    (L * batch, D). Returns (rows (sum(lengths),), batch_sizes (max(lengths),), order (M,)): the rows
+    to gather, packed (at each step the utterances longest first), how many at each step, and which
+    utterance each of the M non-empty ones is, in packed order. On the host."""
+    ordered, order = lengths.cpu().sort(descending=True, stable=True)
+    m = int((ordered > 0).sum())
+    ordered, order = ordered[:m], order[:m]
+    total = int(ordered[0]) if m else 0
+    valid = torch.arange(total)[:, None] < ordered[None, :]  # (L, M)
+    step, rank = valid.nonzero(as_tuple=True)
+    return (ordered[rank] - 1 - step) * batch + order[rank], valid.sum(1), order
 
 
 def reversal_index(lengths: Tensor, total: int) -> Tensor:
@@ -160,6 +179,8 @@ class AcousticModel(nn.Module):
         plain = type(self.lstm) is nn.LSTM and not torch.jit.is_tracing()
         if plain and self.cfg.lstm_layout == "padded":
             x = self._lstm_padded(x, lengths)
+        elif plain and self.cfg.lstm_layout == "split":
+            x = self._lstm_split(x, lengths, host)
         elif plain:
             x = self._lstm_packed(x, lengths if host is None else host)
         else:
@@ -204,6 +225,53 @@ class AcousticModel(nn.Module):
             y_b = torch.lstm(reverse_within(x, index), (z, z), bwd, True, 1, 0.0, self.training, False, False)[0]
             x = torch.cat([y_f, reverse_within(y_b, index)], dim=2)
         return (x * length_mask(lengths, x.shape[0]).T[..., None].to(x.dtype)).transpose(0, 1)
+
+    def _lstm_split(self, x: Tensor, lengths: Tensor, host: Tensor | None = None) -> Tensor:
+        """x (B, T', H) -> (B, T', 2H), zero past each length: ``self.lstm`` with each layer cut in time
+        at the shortest length n. Frames [0, n) are valid in every utterance, so one bidirectional
+        cuDNN call runs them exactly; the frames after (the tail) run one direction at a time: the
+        backward direction's tail first (packed, each utterance from its own last frame), whose final
+        state starts the bidirectional call's backward direction, and the forward direction's tail
+        last (padded), from the state the bidirectional call ends with. Layers pass the head and the
+        tail on separately, so no full-size copy is made between layers. ``lengths`` (B,) on the
+        device of x; ``host``: the same on the host (read back from ``lengths`` if not given)."""
+        lstm = self.lstm
+        host = lengths.cpu() if host is None else host
+        b, t = x.shape[:2]
+        n = int(host.min())
+        xt = x.transpose(0, 1)  # (T', B, H)
+        head, tail = xt[:n].contiguous(), xt[n:].contiguous()
+        rows, batch_sizes, order = tail_pack_index(host - n, b)
+        rows, order = to_device(rows, x.device), to_device(order, x.device)
+        h = lstm.hidden_size
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        for k in range(lstm.num_layers):
+            if k > 0:
+                head = F.dropout(head, lstm.dropout, self.training)  # where nn.LSTM puts it: between layers
+                tail = F.dropout(tail, lstm.dropout, self.training)
+            fwd = [getattr(lstm, f"{p}_l{k}") for p in names]
+            bwd = [getattr(lstm, f"{p}_l{k}_reverse") for p in names]
+            z = head.new_zeros(1, b, h)
+            hb, cb = z, z
+            if rows.numel():
+                # torch.lstm(data, batch_sizes, (h0, c0), params, has_biases, layers, dropout, train, bidirectional)
+                data = tail.reshape(-1, tail.shape[2]).index_select(0, rows)
+                zm = z[:, : len(order)]
+                y_b, hm, cm = torch.lstm(data, batch_sizes, (zm, zm), bwd, True, 1, 0.0, self.training, False)
+                hb, cb = z.index_copy(1, order, hm), z.index_copy(1, order, cm)
+            # torch.lstm(input, (h0, c0), params, has_biases, layers, dropout, train, bidirectional, batch_first)
+            head, hn, cn = torch.lstm(head, (torch.cat([z, hb]), torch.cat([z, cb])), fwd + bwd, True, 1, 0.0,
+                                      self.training, True, False)
+            if tail.shape[0]:
+                y_f = torch.lstm(tail, (hn[:1], cn[:1]), fwd, True, 1, 0.0, self.training, False, False)[0]
+                back = y_f.new_zeros(tail.shape[0] * b, h)
+                if rows.numel():
+                    back = back.index_copy(0, rows, y_b.to(back.dtype))
+                tail = torch.cat([y_f, back.view(tail.shape[0], b, h)], dim=2)
+            else:
+                tail = head.new_zeros(0, b, 2 * h)
+        x = torch.cat([head, tail.to(head.dtype)])
+        return (x * length_mask(lengths, t).T[..., None].to(x.dtype)).transpose(0, 1)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

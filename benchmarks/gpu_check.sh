@@ -14,10 +14,10 @@
 #      streaming each format's shards as asr train does; for the first format also VARIANTS, each one
 #      change from that (preloaded batches, torch's CTC loss, cores reserved, batches padded to
 #      multiples of 64 frames, the allocator without expandable segments);
-#   3. the same at a second frame budget, EXTRA_FRAMES (default 768000: twice the batch, so each of
+#   3. the same at a second frame budget, EXTRA_FRAMES (e.g. 768000: twice the batch, so each of
 #      cuDNN's per-time-step kernels has twice the work and the launches weigh half as much; peak
-#      memory ~40 GiB), on the last format's shards (EXTRA_FRAMES= skips it), run after the first
-#      format's rows and before the other formats';
+#      memory ~40 GiB; 63% of the bare LSTM on an H200; off by default), on the last format's
+#      shards, run after the first format's rows and before the other formats';
 #   4. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   5. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
 # (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
@@ -30,26 +30,26 @@
 # BEFORE=DIR: also measure the training throughput of an older checkout (its asr/ and benchmarks/,
 # e.g. `git archive COMMIT asr benchmarks | tar -x -C DIR`) on the same machine, just before ours.
 # SMALL=1: also the 4 x 320 model.
-# LAYOUTS: the model.lstm_layout values the benchmark runs (a row each; default "padded");
-# VARIANTS: its rows for the first format (default "train all-threads cudnn-ctc classic-alloc
-# preloaded": asr train's set-up, then the same with the training process on torch's default CPU
-# threads (one per core); with cuDNN's CTC loss; with the CUDA allocator's fixed-size segments instead
-# of expandable ones; with the loader's workers stopped, which shows what they cost the training
-# process's host threads. Rows print as they finish, so a tight limit cuts the last ones.
-# "no-scaling" (no loss scaling; cost nothing on an H200), "pad-to" (batches padded to multiples of
-# 64 frames: slower on an H200), "reserved-cores" (two physical cores kept free of workers) and
-# "no-prefetch" (each batch copied at its own step's start; step_parts.py's last row prices that
-# copy) are left out by default);
+# LAYOUTS: the model.lstm_layout values the benchmark runs (a row each, for each variant; default
+# "padded split": the split layout runs each layer's shared frames in one bidirectional cuDNN call);
+# VARIANTS: its rows for the first format (default "train all-threads cudnn-ctc": asr train's
+# set-up, then the same with the training process on torch's default CPU threads (one per core);
+# with cuDNN's CTC loss. Rows print as they finish, so a tight limit cuts the last ones.
+# "classic-alloc" (the CUDA allocator's fixed-size segments instead of expandable ones), "preloaded"
+# (the loader's workers stopped), "no-scaling" (no loss scaling; cost nothing on an H200), "pad-to"
+# (batches padded to multiples of 64 frames: slower on an H200), "reserved-cores" (two physical
+# cores kept free of workers) and "no-prefetch" (each batch copied at its own step's start;
+# step_parts.py's last row prices that copy) are left out by default);
 # REPEAT: train_throughput.py's --repeat (default 4: each shard listed 4 times, so a pass over the
 # 60 h is as long as over 240 h; with 12 workers a pass over 60 h would be ~7 batches a worker, and
 # each pass starts every worker with a small batch and ends it with its buckets' mixed leftovers).
-# TRAIN_LAYOUT: the one `asr train` runs (default padded), TRAIN_FRAMES its max_frames (default
+# TRAIN_LAYOUT: the one `asr train` runs (default split: the newest path, run end to end on a GPU), TRAIN_FRAMES its max_frames (default
 # MAX_FRAMES), TRAIN_FORMAT its shards' format (default the last of FORMATS). WARMUP: untimed steps first (default 15:
 # each loader worker's first batch is an eighth of max_frames, and there are 12 workers).
 set -u
 src=$1 out=$2 emissions=${3:-} lm=${4:-} tune=${5:-}
 device=${DEVICE:-cuda} sizes=${SIZES:-5x1024} hours=${HOURS:-60} max_frames=${MAX_FRAMES:-384000}
-steps=${STEPS:-30} warmup=${WARMUP:-15} workers=${WORKERS:-12} layouts=${LAYOUTS:-padded} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
+steps=${STEPS:-30} warmup=${WARMUP:-15} workers=${WORKERS:-12} layouts=${LAYOUTS:-padded split} train_minutes=${TRAIN_MINUTES:-1.2} work=${WORK:-/tmp/gpu_check}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$work"
@@ -74,14 +74,14 @@ long=$work/long_$train_format
 if [ "$device" = cuda ] && $py -c "import pytest" 2>/dev/null; then
   stage "GPU tests"  # those of the training step that only run where there is a GPU (cuDNN's CTC loss, prefetch, the allocator's segments)
   timeout 120 $py -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/test_ctc_loss.py \
-      tests/test_prefetch.py tests/test_gpu_memory.py tests/test_loss_scaling.py -k "gpu" 2>&1 | tail -60 | tee "$out/gpu_tests.txt"
+      tests/test_prefetch.py tests/test_gpu_memory.py tests/test_loss_scaling.py tests/test_model.py -k "gpu" 2>&1 | tail -60 | tee "$out/gpu_tests.txt"
 fi
 
 if [ "$device" = cuda ]; then
   stage "step parts"
   for b in ${PARTS_BATCHES:-295}; do
     timeout 150 $py benchmarks/step_parts.py --hidden 1024 --layers 5 --batch "$b" --seconds 13 --device cuda --bf16 \
-        --shapes both --lstm-layout "${TRAIN_LAYOUT:-padded}" 2>&1 | tee -a "$out/step_parts.md"
+        --shapes both --lstm-layout padded --our-layouts padded split 2>&1 | tee -a "$out/step_parts.md"
   done
 fi
 
@@ -94,9 +94,9 @@ elif [ -n "${BEFORE:-}" ]; then
       --workers "$workers" --device "$device") 2>&1 | tee "$out/throughput_before.md"
 fi
 
-variants=${VARIANTS:-train all-threads cudnn-ctc classic-alloc preloaded}
+variants=${VARIANTS:-train all-threads cudnn-ctc}
 repeat=${REPEAT:-4}
-extra_frames=${EXTRA_FRAMES-768000}
+extra_frames=${EXTRA_FRAMES-}
 profile="--profile $out/profile.txt"  # the first format's train row (a profile's tables take a while)
 throughput() {  # FORMAT: train_throughput.py on that format's shards at max_frames
   stage "training throughput, $1 shards"
@@ -124,7 +124,7 @@ stage "asr train, large config, $train_format shards"
 rm -rf "$work/exp"
 timeout 150 $py -m asr train --config conf/large.yaml --train "$long/train.index.json" --exp "$work/exp" \
     --device "$device" train.epochs=1 train.max_minutes="$train_minutes" train.log_every=5 \
-    train.max_frames="${TRAIN_FRAMES:-$max_frames}" train.num_workers="$workers" model.lstm_layout="${TRAIN_LAYOUT:-padded}" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
+    train.max_frames="${TRAIN_FRAMES:-$max_frames}" train.num_workers="$workers" model.lstm_layout="${TRAIN_LAYOUT:-split}" 2>&1 | tr '\r' '\n' | grep -v "batch/s," \
     | tail -40 | tee "$out/train.log"
 cp "$work/exp/train_log.jsonl" "$out/" 2>/dev/null
 

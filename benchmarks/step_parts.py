@@ -6,10 +6,14 @@ the row above and is timed the same way (forward + backward, a sync after each r
 ``--repeats`` after two warm-up runs), without the loader's noise:
 
 1. bare: a bidirectional ``nn.LSTM`` of the model's size over the model's LSTM input shape;
-1b. our LSTM: the model's own LSTM layers alone, as its ``--lstm-layout`` runs them (padded: one
-   direction of one layer a cuDNN call, each utterance reversed within its length), on that input;
-   with row 2 it splits the model's gap to the bare LSTM between how the LSTM is run and the rest
-   (subsampling, dropout, head, log-softmax);
+1a. the same weights one layer a call (``torch.lstm``, bidirectional, over the padded batch: not
+   exact where utterances are shorter than the batch, so not a layout the model has): what calling
+   cuDNN once a layer costs against once for all layers, the split layout's best case;
+1b. our LSTM: the model's own LSTM layers alone, as each of ``--our-layouts`` runs them (padded: one
+   direction of one layer a cuDNN call, each utterance reversed within its length; split: one
+   bidirectional call a layer over the frames all utterances have, the rest one direction at a
+   time), on that input; with row 2 it splits the model's gap to the bare LSTM between how the
+   LSTM is run and the rest (subsampling, dropout, head, log-softmax);
 2. model: the acoustic model (subsampling, BiLSTM in ``--lstm-layout``, head, log-softmax) on
    ready features, the summed log-probs as the loss;
 3. + CTC loss: fp32 CTC on its log-probs instead, cuDNN's (``train.ctc=cudnn``: no waits) and torch's
@@ -120,7 +124,10 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--stride", type=int, default=4)
-    p.add_argument("--lstm-layout", default="padded", choices=["padded", "packed"])
+    p.add_argument("--lstm-layout", default="padded", choices=["padded", "packed", "split"],
+                   help="the model's, in the rows from 'model' on")
+    p.add_argument("--our-layouts", nargs="+", default=["padded", "split"], choices=["padded", "packed", "split"],
+                   help="a row each of the LSTM layers alone in that layout")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seconds", type=float, default=8.0, help="the longest utterance; the others 80-100%% of it")
     p.add_argument("--vocab", type=int, default=257, help="output units, the blank included (conf/large.yaml's: 257)")
@@ -153,11 +160,23 @@ def main() -> None:
             y, _ = bare(inp["x"])
         y.float().sum().backward()
 
-    def run_our_lstm(inp: dict) -> None:
+    def run_layer_calls(inp: dict) -> None:
+        x = inp["x"].transpose(0, 1)  # time-major, as the model's layers run
+        with autocast():
+            for k in range(args.layers):
+                params = [getattr(bare, f"{n}_l{k}{d}") for d in ("", "_reverse")
+                          for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                z = x.new_zeros(2, x.shape[1], args.hidden)
+                x = torch.lstm(x, (z, z), params, True, 1, 0.0, True, True, False)[0]
+        x.float().sum().backward()
+
+    def run_our_lstm(inp: dict, layout: str) -> None:
         lengths = subsampled_lengths(inp["flen"], args.stride).clamp(max=inp["x"].shape[1])
         with autocast():
-            if args.lstm_layout == "padded":
-                y = model._lstm_padded(inp["x"], lengths)
+            if layout == "padded":
+                y = model._lstm_padded(inp["x"], to_device(lengths, device))
+            elif layout == "split":
+                y = model._lstm_split(inp["x"], to_device(lengths, device), lengths)
             else:
                 y = model._lstm_packed(inp["x"], lengths)
         y.float().sum().backward()
@@ -184,7 +203,9 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
 
     rows = [("bare nn.LSTM, forward + backward", run_bare),
-            (f"our LSTM layers alone ({args.lstm_layout})", run_our_lstm),
+            ("the same, one layer a call (not exact for padding)", run_layer_calls),
+            *[(f"our LSTM layers alone ({layout})", lambda inp, _l=layout: run_our_lstm(inp, _l))
+              for layout in args.our_layouts],
             (f"model ({args.lstm_layout}), summed log-probs", lambda inp: run_model(inp, None)),
             ("+ CTC loss, cuDNN's where it fits", lambda inp: run_model(inp, "cudnn")),
             ("+ CTC loss, torch's (asr train's)", lambda inp: run_model(inp, "torch")),

@@ -301,7 +301,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--sizes", nargs="+", default=["2x128", "3x256"], help="LAYERSxHIDDEN per direction")
-    p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "packed"],
+    p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "packed", "split"],
                    help="model.lstm_layout values to run, one row each (the bare LSTM is timed at each row's shapes)")
     p.add_argument("--variants", nargs="+", default=["train"], choices=VARIANTS,
                    help="a row each: train (asr train's set-up), or it with one change: preloaded (batches read "

@@ -155,13 +155,13 @@ def test_labeler_keeps_the_padding_to_a_multiple_when_it_drops_the_longest():
     assert padded["wav"][0, :16000].eq(1).all() and padded["wav"][0, 16000:].eq(0).all()
 
 
-@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("layout", ["padded", "packed", "split"])
 def test_the_forward_pass_reads_nothing_back_from_the_device(monkeypatch, layout):
     """On a GPU every value read back (``.item()``, ``.cpu()``, a blocking copy) stalls the host until
     the queued work is done, and the GPU then idles while the host launches the next kernels. On the
     meta device any such read fails (blocking host-to-device copies are not caught: the step makes
     them through features.to_device), so the whole training forward pass (features, SpecAugment,
-    subsampling, either LSTM layout) runs there; the CTC loss, which has no meta kernel,
+    subsampling, each LSTM layout) runs there; the CTC loss, which has no meta kernel,
     is checked to get its lengths on the host."""
     meta = torch.device("meta")
     real_autocast = torch.autocast

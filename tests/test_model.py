@@ -206,25 +206,58 @@ def test_index_packing_equals_pack_padded_sequence_forward_and_backward():
     torch.testing.assert_close(model._lstm_padded(x, lengths), ours)
 
 
-def test_lstm_layout_picks_the_path_and_both_give_the_same_log_probs(monkeypatch):
-    """model.lstm_layout: "padded" (the default) and "packed" run their own path and give the same
-    log-probs on the same weights (they meet the padding differently, so a wrong reversal would show)."""
+def test_lstm_layout_picks_the_path_and_all_give_the_same_log_probs(monkeypatch):
+    """model.lstm_layout: "padded" (the default), "packed" and "split" run their own path and give
+    the same log-probs on the same weights (they meet the padding differently, so a wrong reversal
+    or a wrong hand-over of state would show)."""
     torch.manual_seed(0)
     cfg = ModelConfig(hidden=8, layers=2, dropout=0.0)
     assert cfg.lstm_layout == "padded"
     model = AcousticModel(cfg, 6, 5).eval()
     feats, lengths = torch.randn(3, 20, 6), torch.tensor([20, 9, 14])
     outs, used = {}, []
-    for name in ("_lstm_packed", "_lstm_padded"):
+    for name in ("_lstm_packed", "_lstm_padded", "_lstm_split"):
         real = getattr(AcousticModel, name)
         monkeypatch.setattr(model, name, lambda *a, _n=name, _r=real: used.append(_n) or _r(model, *a))
-    for layout in ("packed", "padded"):
+    for layout in ("packed", "padded", "split"):
         model.cfg = dataclasses.replace(cfg, lstm_layout=layout)
         outs[layout], out_len = model(feats, lengths)
         assert torch.equal(out_len, subsampled_lengths(lengths))
-    assert used == ["_lstm_packed", "_lstm_padded"]
+    assert used == ["_lstm_packed", "_lstm_padded", "_lstm_split"]
     mask = length_mask(out_len, outs["packed"].shape[1])
-    torch.testing.assert_close(outs["packed"][mask], outs["padded"][mask], atol=1e-5, rtol=1e-4)
+    for layout in ("padded", "split"):
+        torch.testing.assert_close(outs["packed"][mask], outs[layout][mask], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lengths", [[23, 11, 2], [23, 23, 23], [1, 23, 9, 23, 4], [7]])
+def test_split_lstm_equals_the_padded_one_with_its_gradients(lengths):
+    """The split layout (one bidirectional call over the frames all utterances have, the rest one
+    direction at a time) gives the padded layout's output and gradients, to the input and to every
+    weight, whatever the lengths: all equal (no tail), one of a single frame, a batch of one, and a
+    batch padded past its longest utterance."""
+    model = make_model(ModelConfig(hidden=16, layers=3, dropout=0.0))
+    lens = torch.tensor(lengths)
+    x = torch.randn(len(lengths), 25, 16, requires_grad=True)
+    ours, ref = model._lstm_split(x, lens), model._lstm_padded(x, lens)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert ours[length_mask(lens, 25) == 0].abs().max() == 0
+    w = torch.randn_like(ref)
+    params = [x, *model.lstm.parameters()]
+    for a, b in zip(torch.autograd.grad((ours * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_tail_pack_index_takes_each_tail_last_frame_first():
+    """The split layout's backward tails: rows of a time-major (L, B) tail, each utterance's frames
+    from its own last one back, longest first at each step; empty tails left out."""
+    from asr.model import tail_pack_index
+    rows, batch_sizes, order = tail_pack_index(torch.tensor([2, 0, 3]), 3)
+    assert order.tolist() == [2, 0]
+    assert batch_sizes.tolist() == [2, 2, 1]
+    # step 0: utterance 2's frame 2, utterance 0's frame 1; step 1: frames 1 and 0; step 2: utterance 2's frame 0
+    assert rows.tolist() == [2 * 3 + 2, 1 * 3 + 0, 1 * 3 + 2, 0 * 3 + 0, 0 * 3 + 2]
+    rows, batch_sizes, order = tail_pack_index(torch.tensor([0, 0]), 2)
+    assert rows.numel() == batch_sizes.numel() == order.numel() == 0
 
 
 def test_reverse_within_reverses_each_sequence_and_its_gradient():
@@ -243,3 +276,21 @@ def test_reverse_within_reverses_each_sequence_and_its_gradient():
     assert torch.equal(reverse_within(y, index), x)
     assert torch.autograd.gradcheck(lambda t: reverse_within(t, index), (x,))
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_split_lstm_on_the_gpu_equals_the_padded_one():
+    """On cuDNN (its bidirectional call started from a given backward state, its packed call for the
+    tails), in fp32 and under bf16 autocast as training runs it: the split layout's output and input
+    gradient are the padded layout's."""
+    model = make_model(ModelConfig(hidden=64, layers=3, dropout=0.0)).cuda()
+    lens = torch.tensor([40, 31, 40, 3, 25])
+    x = torch.randn(5, 42, 64, device="cuda", requires_grad=True)
+    for bf16, tol in ((False, 1e-4), (True, 3e-2)):
+        outs = []
+        for run in (model._lstm_split, model._lstm_padded):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                y = run(x, lens.cuda()) if run == model._lstm_padded else run(x, lens.cuda(), lens)
+            outs.append((y.float(), torch.autograd.grad(y.float().sum(), x)[0]))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
