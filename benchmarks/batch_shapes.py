@@ -1,18 +1,20 @@
 """The batches asr train's loader makes from shards, read without decoding any audio.
 
-For each combination of ``--max-frames``, ``--repeat`` and ``--pad-to``, runs the training loader's
+For each combination of ``--max-frames``, ``--num-buckets``, ``--repeat`` and ``--pad-to``, runs the training loader's
 own code (``ShardBatches``: each loader worker's shards, its shuffle buffer, its small first batch,
 its length buckets and its leftovers) once per worker, takes the batches in turn as a DataLoader
 does, pass after pass, and prints a Markdown table: batches a pass, and over the steps that
 ``train_throughput.py`` times (after ``--warmup``, ``--steps`` of them) and over the whole passes,
-the padding, how full the batches are (padded frames over ``max_frames``), and how many steps meet a
-batch shape no step before them had (the shapes that GPU libraries set work up for). Only the FLAC
+the padding, how full the batches are (padded frames over ``max_frames``), how many steps meet a
+batch shape no step before them had (the shapes that GPU libraries set work up for), and the tail: the share of a batch's frames past its shortest utterance, which
+``model.lstm_layout=split`` runs one direction at a time (the rest in one bidirectional call). Only the FLAC
 or WAV headers are read (for each utterance's exact length), so it runs in seconds on a CPU: what
 the GPU benchmark's batches look like, before spending device time on them.
 
     python benchmarks/long_shards.py --src ".devdata/src/*.tar" --out /tmp/long60 --hours 60
     python benchmarks/batch_shapes.py --shards /tmp/long60/train.index.json --max-frames 384000 768000 \
         --workers 12 --repeat 1 4 --pad-to 1 64
+    python benchmarks/batch_shapes.py --shards /tmp/long60/train.index.json --repeat 4 --num-buckets 20 40 60
 """
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ class LengthsOnly(ShardBatches):
                 yield Sample(key, silence.expand(n), "", None)
 
 
-def loader_batches(data: ShardBatches, workers: int, passes: int) -> list[tuple[int, int, int]]:
-    """(batch size, padded frames, the utterances' own frames) of each batch, in the order a DataLoader
-    with ``workers`` workers hands them over, for ``passes`` passes."""
+def loader_batches(data: ShardBatches, workers: int, passes: int) -> list[tuple[int, int, int, int]]:
+    """(batch size, padded frames, the utterances' own frames, the shortest one's frames) of each
+    batch, in the order a DataLoader with ``workers`` workers hands them over, for ``passes`` passes."""
     out = []
     real = S.get_worker_info
     try:
@@ -62,8 +64,8 @@ def loader_batches(data: ShardBatches, workers: int, passes: int) -> list[tuple[
             per_worker = []
             for w in range(workers):
                 S.get_worker_info = lambda w=w: SimpleNamespace(id=w, num_workers=workers)
-                per_worker.append([(len(b["ids"]), b["wav"].shape[1] // HOP + 1, int((b["lengths"] // HOP + 1).sum()))
-                                   for b in data])
+                per_worker.append([(len(b["ids"]), b["wav"].shape[1] // HOP + 1, int((b["lengths"] // HOP + 1).sum()),
+                                    int(b["lengths"].min()) // HOP + 1) for b in data])
             for group in itertools.zip_longest(*per_worker):
                 out += [b for b in group if b is not None]
     finally:
@@ -71,16 +73,17 @@ def loader_batches(data: ShardBatches, workers: int, passes: int) -> list[tuple[
     return out
 
 
-def summary(batches: list[tuple[int, int, int]], max_frames: int) -> dict:
-    """Padding, fill and the count of steps whose (batch size, frames) no step before had."""
+def summary(batches: list[tuple[int, int, int, int]], max_frames: int) -> dict:
+    """Padding, fill, the count of steps whose (batch size, frames) no step before had, and the tail
+    (frames past each batch's shortest utterance over all frames, padding included)."""
     seen: set[tuple[int, int]] = set()
     new = []
-    for b, t, _ in batches:
+    for b, t, _, _ in batches:
         new.append((b, t) not in seen)
         seen.add((b, t))
-    padded = sum(b * t for b, t, _ in batches)
-    return {"padding": 1 - sum(f for _, _, f in batches) / padded, "fill": padded / (len(batches) * max_frames),
-            "new": sum(new), "steps": len(batches)}
+    padded = sum(b * t for b, t, _, _ in batches)
+    return {"padding": 1 - sum(f for _, _, f, _ in batches) / padded, "fill": padded / (len(batches) * max_frames),
+            "new": sum(new), "steps": len(batches), "tail": sum(b * (t - s) for b, t, _, s in batches) / padded}
 
 
 def main() -> None:
@@ -92,27 +95,27 @@ def main() -> None:
     p.add_argument("--pad-to", type=int, nargs="+", default=[1], help="train.pad_to_frames values")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--max-batch", type=int, default=512)
-    p.add_argument("--num-buckets", type=int, default=20, help="as conf/large.yaml and train_throughput.py")
+    p.add_argument("--num-buckets", type=int, nargs="+", default=[40], help="conf/large.yaml's: 40")
     p.add_argument("--max-duration", type=float, default=30.0)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--passes", type=int, default=2)
     args = p.parse_args()
     shards = resolve_shards(args.shards)
-    print(f"{len(shards)} shards; {args.workers} loader workers; {args.num_buckets} buckets; timed steps "
+    print(f"{len(shards)} shards; {args.workers} loader workers; timed steps "
           f"{args.warmup}-{args.warmup + args.steps}, as train_throughput.py's; {args.passes} passes")
-    print("| max_frames | repeat | pad_to | batches a pass | timed steps: padding | fill | new shapes "
-          "| all steps: padding | fill | new shapes |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for frames, repeat, pad in itertools.product(args.max_frames, args.repeat, args.pad_to):
-        data = LengthsOnly(shards * repeat, frames, args.max_batch, args.num_buckets, args.max_duration, seed=0,
+    print("| max_frames | buckets | repeat | pad_to | batches a pass | timed steps: padding | fill | new shapes | tail "
+          "| all steps: padding | fill | new shapes | tail |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for frames, buckets, repeat, pad in itertools.product(args.max_frames, args.num_buckets, args.repeat, args.pad_to):
+        data = LengthsOnly(shards * repeat, frames, args.max_batch, buckets, args.max_duration, seed=0,
                            pad_to=pad)
         batches = loader_batches(data, args.workers, args.passes)
         timed = summary(batches[args.warmup : args.warmup + args.steps], frames)
         whole = summary(batches, frames)
-        print(f"| {frames} | {repeat} | {pad} | {len(batches) // args.passes} | {100 * timed['padding']:.1f}% | "
-              f"{timed['fill']:.2f} | {timed['new']} of {timed['steps']} | {100 * whole['padding']:.1f}% | "
-              f"{whole['fill']:.2f} | {whole['new']} of {whole['steps']} |", flush=True)
+        print(f"| {frames} | {buckets} | {repeat} | {pad} | {len(batches) // args.passes} | {100 * timed['padding']:.1f}% | "
+              f"{timed['fill']:.2f} | {timed['new']} of {timed['steps']} | {100 * timed['tail']:.1f}% | {100 * whole['padding']:.1f}% | "
+              f"{whole['fill']:.2f} | {whole['new']} of {whole['steps']} | {100 * whole['tail']:.1f}% |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ prints a table: seconds until each of the first ``--batches`` batches, its utter
 then the worker's rate (x real time: how many workers a GPU needs).
 
     python benchmarks/first_batch.py --shards /tmp/long8/train.index.json --max-frames 384000 \
-        --buckets 20 --shuffle-buffer 5000     # the large config's settings
+        --buckets 40 --shuffle-buffer 5000     # the large config's settings
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--max-frames", type=int, default=384000)
     p.add_argument("--max-batch", type=int, default=512)
-    p.add_argument("--buckets", type=int, default=20)
+    p.add_argument("--buckets", type=int, default=40)
     p.add_argument("--shuffle-buffer", type=int, default=5000)
     p.add_argument("--batches", type=int, default=3)
     args = p.parse_args()

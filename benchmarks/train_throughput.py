@@ -330,8 +330,8 @@ def main() -> None:
     p.add_argument("--max-frames", type=int, default=20000)
     p.add_argument("--max-batch", type=int, default=512)
     p.add_argument("--max-duration", type=float, default=30.0)
-    p.add_argument("--num-buckets", type=int, default=20, help="length buckets (default 20, conf/large.yaml's; "
-                   "before 2026-11-28's fifteenth session the benchmark used 10, with more padding)")
+    p.add_argument("--num-buckets", type=int, default=40, help="length buckets (default 40, conf/large.yaml's "
+                   "since the eighteenth session; 20 before it, 10 before the fifteenth, with more padding)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-bf16", dest="bf16", action="store_false")

@@ -207,18 +207,25 @@ def test_batch_shapes_stand_ins_batch_exactly_as_the_real_loader(train_shards, m
             assert real and stand_in == real
 
 
-def test_batch_shapes_reports_passes_padding_and_new_shapes(train_shards):
+def test_batch_shapes_reports_passes_padding_new_shapes_and_tails(train_shards):
     out = run_script("benchmarks/batch_shapes.py", "--shards", *train_shards, "--max-frames", "400", "--workers", "2",
-                     "--repeat", "1", "3", "--pad-to", "1", "64", "--warmup", "1", "--steps", "3")
+                     "--repeat", "1", "3", "--pad-to", "1", "64", "--warmup", "1", "--steps", "3",
+                     "--num-buckets", "3", "20")
     rows = table_rows(out)
-    assert [(r[1], r[2]) for r in rows] == [("1", "1"), ("1", "64"), ("3", "1"), ("3", "64")]
-    per_pass = {(r[1], r[2]): int(r[3]) for r in rows}
-    assert per_pass[("3", "1")] > per_pass[("1", "1")]  # three times the utterances a pass: more batches,
-    assert float(rows[2][8]) > float(rows[0][8])  # and fuller ones (fewer first batches and leftovers)
+    assert [(r[1], r[2], r[3]) for r in rows] == [(b, rep, pad) for b in ("3", "20") for rep in ("1", "3")
+                                                  for pad in ("1", "64")]
+    rows3 = {(r[2], r[3]): r for r in rows if r[1] == "3"}
+    assert int(rows3[("3", "1")][4]) > int(rows3[("1", "1")][4])  # three times the utterances a pass: more batches,
+    assert float(rows3[("3", "1")][10]) > float(rows3[("1", "1")][10])  # and fuller ones (fewer first batches and leftovers)
     for r in rows:
-        padding, new, steps = float(r[7].rstrip("%")), *map(int, r[9].split(" of "))
+        padding, new, steps, tail = float(r[9].rstrip("%")), *map(int, r[11].split(" of ")), float(r[12].rstrip("%"))
         assert 0 <= padding < 100 and 1 <= new <= steps
-    assert float(rows[1][7].rstrip("%")) > float(rows[0][7].rstrip("%"))  # padded to 64 frames: more padding
+        assert padding <= tail < 100  # the padding is all past the shortest utterance; the tail holds more
+    assert float(rows3[("1", "64")][9].rstrip("%")) > float(rows3[("1", "1")][9].rstrip("%"))  # padded to 64: more padding
+    # the tail by hand: batch 1 (2 x 10 frames, shortest 6): 8 of 20 frames; batch 2 (3 x 4, all 4): none
+    bs = load_benchmark("batch_shapes")
+    got = bs.summary([(2, 10, 16, 6), (3, 4, 12, 4)], max_frames=20)
+    assert got["tail"] == pytest.approx(8 / 32) and got["padding"] == pytest.approx(1 - 28 / 32)
 
 
 def test_lstm_grad_range_shows_what_fp16_keeps_with_and_without_scaling(train_shards, tmp_path, tiny_model_cfg):
