@@ -252,16 +252,18 @@ class AcousticModel(nn.Module):
             fwd = [getattr(lstm, f"{p}_l{k}") for p in names]
             bwd = [getattr(lstm, f"{p}_l{k}_reverse") for p in names]
             z = head.new_zeros(1, b, h)
-            hb, cb = z, z
+            h0 = c0 = torch.cat([z, z])
             if rows.numel():
                 # torch.lstm(data, batch_sizes, (h0, c0), params, has_biases, layers, dropout, train, bidirectional)
                 data = tail.reshape(-1, tail.shape[2]).index_select(0, rows)
                 zm = z[:, : len(order)]
                 y_b, hm, cm = torch.lstm(data, batch_sizes, (zm, zm), bwd, True, 1, 0.0, self.training, False)
-                hb, cb = z.index_copy(1, order, hm), z.index_copy(1, order, cm)
+                # (cuDNN's outputs under autocast are fp16, whatever the input's type: states in theirs)
+                zs = hm.new_zeros(1, b, h)
+                h0 = torch.cat([zs, zs.index_copy(1, order, hm)])
+                c0 = torch.cat([zs, zs.index_copy(1, order, cm)])
             # torch.lstm(input, (h0, c0), params, has_biases, layers, dropout, train, bidirectional, batch_first)
-            head, hn, cn = torch.lstm(head, (torch.cat([z, hb]), torch.cat([z, cb])), fwd + bwd, True, 1, 0.0,
-                                      self.training, True, False)
+            head, hn, cn = torch.lstm(head, (h0, c0), fwd + bwd, True, 1, 0.0, self.training, True, False)
             if tail.shape[0]:
                 y_f = torch.lstm(tail, (hn[:1], cn[:1]), fwd, True, 1, 0.0, self.training, False, False)[0]
                 back = y_f.new_zeros(tail.shape[0] * b, h)
@@ -270,7 +272,8 @@ class AcousticModel(nn.Module):
                 tail = torch.cat([y_f, back.view(tail.shape[0], b, h)], dim=2)
             else:
                 tail = head.new_zeros(0, b, 2 * h)
-        x = torch.cat([head, tail.to(head.dtype)])
+            tail = tail.to(head.dtype)
+        x = torch.cat([head, tail])
         return (x * length_mask(lengths, t).T[..., None].to(x.dtype)).transpose(0, 1)
 
     def num_params(self) -> int:

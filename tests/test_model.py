@@ -247,6 +247,32 @@ def test_split_lstm_equals_the_padded_one_with_its_gradients(lengths):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_split_lstm_takes_the_mixed_types_autocast_gives_it(monkeypatch):
+    """Under bf16 autocast on a GPU, cuDNN's LSTM returns fp16 whatever its input (autocast casts its
+    arguments to fp16), so the split layout meets bf16 input and fp16 states side by side. Stood in
+    for on the CPU: torch.lstm computing in fp32 and returning fp16; the layout then runs, and agrees
+    with the padded one under the same stand-in, gradients included."""
+    real = torch.lstm
+
+    def cast(a):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return a.float()
+        if isinstance(a, (list, tuple)):
+            return type(a)(cast(v) for v in a)
+        return a
+
+    monkeypatch.setattr(torch, "lstm", lambda *args: tuple(o.half() for o in real(*cast(args))))
+    model = make_model(ModelConfig(hidden=16, layers=2, dropout=0.0))
+    lens = torch.tensor([20, 13, 4])
+    x = torch.randn(3, 21, 16).bfloat16().requires_grad_()
+    outs = []
+    for run in (model._lstm_split, model._lstm_padded):
+        y = run(x, lens)
+        outs.append((y.float(), torch.autograd.grad(y.float().sum(), x)[0].float()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
 def test_tail_pack_index_takes_each_tail_last_frame_first():
     """The split layout's backward tails: rows of a time-major (L, B) tail, each utterance's frames
     from its own last one back, longest first at each step; empty tails left out."""
