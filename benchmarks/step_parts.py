@@ -83,14 +83,16 @@ def fresh_shapes(b: int, seconds: float) -> Iterator[tuple[int, float]]:
 
 
 def make_batch(b: int, seconds: float, vocab: int, stride: int, seed: int = 0, per_second: float = 8.0,
-               device: torch.device = torch.device("cpu")) -> dict:
-    """A labelled batch as the loader's workers hand it over: ``b`` utterances of 16-bit noise, 80-100%
-    of ``seconds`` long (the first exactly), with random CTC-feasible targets of ``per_second`` tokens a
+               device: torch.device = torch.device("cpu"), shortest: float = 0.92) -> dict:
+    """A labelled batch as the loader's workers hand it over: ``b`` utterances of 16-bit noise,
+    ``shortest``-100% of ``seconds`` long (the first exactly; 0.92 gives the padding, ~4%, and the
+    frames past the shortest utterance, ~8%, of conf/large.yaml's 40-bucket batches of LibriSpeech-length
+    speech: benchmarks/batch_shapes.py), with random CTC-feasible targets of ``per_second`` tokens a
     second (8: conf/large.yaml's SentencePiece units on LibriSpeech-length speech, ~90 in 12 s). The
     noise is drawn on ``device`` (quicker on a GPU) and handed over on the host."""
     g = torch.Generator().manual_seed(seed)
     n = int(seconds * 16000)
-    lengths = torch.randint(int(0.8 * n), n + 1, (b,), generator=g)
+    lengths = torch.randint(int(shortest * n), n + 1, (b,), generator=g)
     lengths[0] = n
     noise = torch.Generator(device).manual_seed(seed)
     wav = (torch.randn(b, n, generator=noise, device=device) * 3000).to(torch.int16)
@@ -107,7 +109,7 @@ def make_batch(b: int, seconds: float, vocab: int, stride: int, seed: int = 0, p
 def step_inputs(b: int, seconds: float, args, frontend: FeatureExtractor, device: torch.device, seed: int) -> dict:
     """What the rows start from: the batch on the host (``host``) and on ``device`` (``on_device``),
     its features and frame lengths (``feats``, ``flen``), and the bare LSTM's input (``x``)."""
-    host = make_batch(b, seconds, args.vocab, args.stride, seed, device=device)
+    host = make_batch(b, seconds, args.vocab, args.stride, seed, device=device, shortest=args.shortest)
     if device.type == "cuda":  # as the loader hands batches over to a GPU
         host = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in host.items()}
     # Only the audio, as prefetch_to_device moves it: the CTC loss takes its targets and lengths on the host.
@@ -129,7 +131,10 @@ def main() -> None:
     p.add_argument("--our-layouts", nargs="+", default=["padded", "split"], choices=["padded", "packed", "split"],
                    help="a row each of the LSTM layers alone in that layout")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=8.0, help="the longest utterance; the others 80-100%% of it")
+    p.add_argument("--seconds", type=float, default=8.0, help="the longest utterance; the others --shortest to 100%% of it")
+    p.add_argument("--shortest", type=float, default=0.92,
+                   help="the shortest utterance's share of the longest (0.92: like conf/large.yaml's 40-bucket batches; "
+                        "0.8 before the eighteenth session, like 20 buckets' leftovers)")
     p.add_argument("--vocab", type=int, default=257, help="output units, the blank included (conf/large.yaml's: 257)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, as training on a GPU")
     p.add_argument("--repeats", type=int, default=10)
@@ -218,7 +223,8 @@ def main() -> None:
     sources = {"fixed": lambda: fixed,
                "fresh": lambda: step_inputs(*next(shapes), args, frontend, device, seed=next(made))}
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; "
-          f"{args.layers}x{args.hidden}; batch {args.batch} x {args.seconds:g} s (LSTM input {tuple(fixed['x'].shape)}"
+          f"{args.layers}x{args.hidden}; batch {args.batch} x {args.seconds:g} s, the others {100 * args.shortest:.0f}-100% of it "
+          f"(LSTM input {tuple(fixed['x'].shape)}"
           f"{'; fresh shapes: about as much audio, the longest utterance 60-100% as long' if 'fresh' in modes else ''}); "
           f"bf16 {args.bf16}; torch {torch.__version__}" + (f"; CUDA allocator: {alloc}" if alloc else ""))
     heads = [("fixed batch" if m == "fixed" else "fresh shapes") for m in modes]
