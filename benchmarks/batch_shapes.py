@@ -1,15 +1,17 @@
 """The batches asr train's loader makes from shards, read without decoding any audio.
 
-For each combination of ``--max-frames``, ``--num-buckets``, ``--repeat`` and ``--pad-to``, runs the training loader's
-own code (``ShardBatches``: each loader worker's shards, its shuffle buffer, its small first batch,
-its length buckets and its leftovers) once per worker, takes the batches in turn as a DataLoader
-does, pass after pass, and prints a Markdown table: batches a pass, and over the steps that
-``train_throughput.py`` times (after ``--warmup``, ``--steps`` of them) and over the whole passes,
-the padding, how full the batches are (padded frames over ``max_frames``), how many steps meet a
-batch shape no step before them had (the shapes that GPU libraries set work up for), and the tail: the share of a batch's frames past its shortest utterance, which
-``model.lstm_layout=split`` runs one direction at a time (the rest in one bidirectional call). Only the FLAC
-or WAV headers are read (for each utterance's exact length), so it runs in seconds on a CPU: what
-the GPU benchmark's batches look like, before spending device time on them.
+For each combination of ``--max-frames``, ``--num-buckets``, ``--repeat`` and ``--pad-to``, runs the
+training loader's own code (``ShardBatches``: each loader worker's shards, its shuffle buffer, its
+small first batch, its length buckets and its leftovers) once per worker, takes the batches in turn
+as a DataLoader does, pass after pass, and prints a Markdown table: batches a pass, and over the
+steps that ``train_throughput.py`` times (after ``--warmup``, ``--steps`` of them) and over the whole
+passes, the padding, how full the batches are (padded frames over ``max_frames``), how many steps
+meet a batch shape no step before them had (the shapes that GPU libraries set work up for) and the
+tail (the share of a batch's frames past its shortest utterance, which ``model.lstm_layout=split``
+runs one direction at a time); and the most decoded 16-bit audio one worker held at once (in its
+buckets and its shuffle of batches; its shuffle buffer of undecoded shard bytes comes on top). Only
+the FLAC or WAV headers are read (for each utterance's exact length), so it runs in seconds on a
+CPU: what the GPU benchmark's batches look like, before spending device time on them.
 
     python benchmarks/long_shards.py --src ".devdata/src/*.tar" --out /tmp/long60 --hours 60
     python benchmarks/batch_shapes.py --shards /tmp/long60/train.index.json --max-frames 384000 768000 \
@@ -35,9 +37,11 @@ from asr.data.shards import HOP, Sample, ShardBatches, resolve_shards
 
 class LengthsOnly(ShardBatches):
     """ShardBatches whose samples are silent stand-ins of each utterance's exact length (read once
-    from its audio header), in the order and with the shuffling of the real ones."""
+    from its audio header), in the order and with the shuffling of the real ones. ``decoded``: the
+    audio samples handed on so far (a real worker's decoded audio)."""
 
     lengths: dict[str, list[tuple[str, int]]] = {}  # shard -> (key, samples) of its utterances, in order
+    decoded = 0
 
     def samples(self, shards: list[str], rng: random.Random | None = None, pcm16: bool = False) -> Iterator[Sample]:
         for u in shards:
@@ -50,13 +54,16 @@ class LengthsOnly(ShardBatches):
         silence = torch.zeros(1, dtype=torch.int16)
         for key, n in items:
             if n / 16000 <= self.max_duration:
+                self.decoded += n
                 yield Sample(key, silence.expand(n), "", None)
 
 
-def loader_batches(data: ShardBatches, workers: int, passes: int) -> list[tuple[int, int, int, int]]:
+def loader_batches(data: LengthsOnly, workers: int, passes: int) -> tuple[list[tuple[int, int, int, int]], int]:
     """(batch size, padded frames, the utterances' own frames, the shortest one's frames) of each
-    batch, in the order a DataLoader with ``workers`` workers hands them over, for ``passes`` passes."""
-    out = []
+    batch, in the order a DataLoader with ``workers`` workers hands them over, for ``passes`` passes;
+    and the most audio samples one worker held decoded at once (in its length buckets and its
+    shuffle of batches), just after handing a batch on."""
+    out, held = [], 0
     real = S.get_worker_info
     try:
         for epoch in range(passes):
@@ -64,13 +71,18 @@ def loader_batches(data: ShardBatches, workers: int, passes: int) -> list[tuple[
             per_worker = []
             for w in range(workers):
                 S.get_worker_info = lambda w=w: SimpleNamespace(id=w, num_workers=workers)
-                per_worker.append([(len(b["ids"]), b["wav"].shape[1] // HOP + 1, int((b["lengths"] // HOP + 1).sum()),
-                                    int(b["lengths"].min()) // HOP + 1) for b in data])
+                data.decoded, handed, mine = 0, 0, []
+                for b in data:
+                    handed += int(b["lengths"].sum())
+                    held = max(held, data.decoded - handed)
+                    mine.append((len(b["ids"]), b["wav"].shape[1] // HOP + 1, int((b["lengths"] // HOP + 1).sum()),
+                                 int(b["lengths"].min()) // HOP + 1))
+                per_worker.append(mine)
             for group in itertools.zip_longest(*per_worker):
                 out += [b for b in group if b is not None]
     finally:
         S.get_worker_info = real
-    return out
+    return out, held
 
 
 def summary(batches: list[tuple[int, int, int, int]], max_frames: int) -> dict:
@@ -105,17 +117,18 @@ def main() -> None:
     print(f"{len(shards)} shards; {args.workers} loader workers; timed steps "
           f"{args.warmup}-{args.warmup + args.steps}, as train_throughput.py's; {args.passes} passes")
     print("| max_frames | buckets | repeat | pad_to | batches a pass | timed steps: padding | fill | new shapes | tail "
-          "| all steps: padding | fill | new shapes | tail |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| all steps: padding | fill | new shapes | tail | a worker's decoded audio, peak (MB) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for frames, buckets, repeat, pad in itertools.product(args.max_frames, args.num_buckets, args.repeat, args.pad_to):
         data = LengthsOnly(shards * repeat, frames, args.max_batch, buckets, args.max_duration, seed=0,
                            pad_to=pad)
-        batches = loader_batches(data, args.workers, args.passes)
+        batches, held = loader_batches(data, args.workers, args.passes)
         timed = summary(batches[args.warmup : args.warmup + args.steps], frames)
         whole = summary(batches, frames)
         print(f"| {frames} | {buckets} | {repeat} | {pad} | {len(batches) // args.passes} | {100 * timed['padding']:.1f}% | "
               f"{timed['fill']:.2f} | {timed['new']} of {timed['steps']} | {100 * timed['tail']:.1f}% | {100 * whole['padding']:.1f}% | "
-              f"{whole['fill']:.2f} | {whole['new']} of {whole['steps']} | {100 * whole['tail']:.1f}% |", flush=True)
+              f"{whole['fill']:.2f} | {whole['new']} of {whole['steps']} | {100 * whole['tail']:.1f}% | "
+              f"{2 * held / 1e6:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,20 @@ def test_batch_shapes_stand_ins_batch_exactly_as_the_real_loader(train_shards, m
             assert real and stand_in == real
 
 
+def test_batch_shapes_counts_the_audio_a_worker_holds(train_shards):
+    """The decoded audio a worker holds just after handing a batch on: what it took from its
+    shards less what it handed on, at most. Batches of one utterance: a batch goes out when the
+    next utterance comes (so one utterance waits in the bucket), and the shuffle of batches holds up
+    to 7 more."""
+    bs = load_benchmark("batch_shapes")
+    kw = dict(max_batch=1, num_buckets=1, max_duration=2.0, shuffle_buffer=5, seed=3)
+    batches, held = bs.loader_batches(bs.LengthsOnly(train_shards, 10_000, **kw), workers=1, passes=1)
+    longest = int(0.45 * 16000)  # the fixture's utterances: 0.3-0.45 s
+    assert len(batches) == 12 and longest < held <= 8 * longest
+    unshuffled = bs.LengthsOnly(train_shards, 10_000, **kw, shuffle=False)
+    assert 0 < bs.loader_batches(unshuffled, workers=1, passes=1)[1] <= longest  # the next utterance only
+
+
 def test_batch_shapes_reports_passes_padding_new_shapes_and_tails(train_shards):
     out = run_script("benchmarks/batch_shapes.py", "--shards", *train_shards, "--max-frames", "400", "--workers", "2",
                      "--repeat", "1", "3", "--pad-to", "1", "64", "--warmup", "1", "--steps", "3",
@@ -221,7 +235,9 @@ def test_batch_shapes_reports_passes_padding_new_shapes_and_tails(train_shards):
         padding, new, steps, tail = float(r[9].rstrip("%")), *map(int, r[11].split(" of ")), float(r[12].rstrip("%"))
         assert 0 <= padding < 100 and 1 <= new <= steps
         assert padding <= tail < 100  # the padding is all past the shortest utterance; the tail holds more
+        assert 0 <= float(r[13]) < 12 * 0.45 * 16000 * 2 / 1e6  # decoded audio held (MB): less than all 12 utterances
     assert float(rows3[("1", "64")][9].rstrip("%")) > float(rows3[("1", "1")][9].rstrip("%"))  # padded to 64: more padding
+    assert max(float(r[13]) for r in rows) > 0  # (a worker whose shards make one batch holds none after it)
     # the tail by hand: batch 1 (2 x 10 frames, shortest 6): 8 of 20 frames; batch 2 (3 x 4, all 4): none
     bs = load_benchmark("batch_shapes")
     got = bs.summary([(2, 10, 16, 6), (3, 4, 12, 4)], max_frames=20)
