@@ -22,6 +22,7 @@ optimizer, AdamW, is otherwise indifferent to the loss's scale.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 import statistics
@@ -72,13 +73,15 @@ def run(mode: str, args) -> list[tuple[int, float, float]]:
     kind = mode.removesuffix("-scaled")
     real = torch.lstm
     if kind != "fp32":
-        torch.lstm = fp16_lstm(kind)  # the model's padded path calls torch.lstm
+        torch.lstm = fp16_lstm(kind)  # the padded layout calls torch.lstm on padded (dense) input only
     try:
         cfg = load_config(args.config, args.overrides)
         torch.manual_seed(0)
         tok = build_tokenizer("char")
         fe = FeatureExtractor(cfg.features, None).train()
-        model = AcousticModel(cfg.model, cfg.features.n_mels, tok.vocab_size).train()
+        # padded: the stand-ins take torch.lstm's dense arguments (the split layout also makes packed calls)
+        model = AcousticModel(dataclasses.replace(cfg.model, lstm_layout="padded"), cfg.features.n_mels,
+                              tok.vocab_size).train()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, cfg.train.adam_beta2),
                                 weight_decay=cfg.train.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.train.warmup_steps))

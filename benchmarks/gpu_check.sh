@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one run (7 min 10 s on one H200 on 2026-11-28, when
-# step_parts.py stopped early; the defaults since then, six training rows with two profiled and no
-# 768,000-frame row, are not timed yet; give the device call its whole limit, 600 s; the short
+# The GPU measurements of benchmarks/RESULTS.md in one run (7 min 4 s on one H200 on 2026-11-28 with
+# six training rows, two of them profiled in the same process; the profile now runs in a process of
+# its own, about a minute and a half more: give the device call its whole limit, 600 s; the short
 # `asr train` run is last, so it is what a tight limit cuts):
 #   1. LibriSpeech-length shards (11-17 s utterances) joined from a small source shard set, the same
 #      utterances in each FORMATS shard audio format (default "wav"; "flac wav" adds FLAC's rows, ~3
@@ -19,6 +19,8 @@
 #      cuDNN's per-time-step kernels has twice the work and the launches weigh half as much; peak
 #      memory ~40 GiB; 63% of the bare LSTM on an H200; off by default), on the last format's
 #      shards, run after the first format's rows and before the other formats';
+#   3a. a profile of 5 steps of each layout and of the bare LSTM (GPU busy, top operators), in a
+#       process of its own after the timed rows (PROFILE= skips it);
 #   4. a short `asr train --config conf/large.yaml` on the GPU (its train_log.jsonl holds x real time);
 #   5. benchmarks/decode.py: greedy, CPU beam and GPU beam search with the LM (when emissions are given).
 # (cudnn.benchmark on/off was compared by running train_throughput.py with and without --cudnn-benchmark.)
@@ -82,7 +84,7 @@ if [ "$device" = cuda ]; then
   stage "step parts"
   for b in ${PARTS_BATCHES:-295}; do
     timeout 150 $py benchmarks/step_parts.py --hidden 1024 --layers 5 --batch "$b" --seconds 13 --device cuda --bf16 \
-        --shapes both --lstm-layout padded --our-layouts padded split 2>&1 | tee -a "$out/step_parts.md"
+        --shapes both --lstm-layout split --our-layouts padded split 2>&1 | tee -a "$out/step_parts.md"
   done
 fi
 
@@ -98,13 +100,12 @@ fi
 variants=${VARIANTS:-train all-threads cudnn-ctc}
 repeat=${REPEAT:-4}
 extra_frames=${EXTRA_FRAMES-}
-profile="--profile $out/profile.txt"  # the first format's train row (a profile's tables take a while)
 throughput() {  # FORMAT: train_throughput.py on that format's shards at max_frames
   stage "training throughput, $1 shards"
   timeout 420 $py benchmarks/train_throughput.py --shards "$work/long_$1/train.index.json" --sizes $sizes \
       --lstm-layouts $layouts --variants $variants --steps "$steps" --warmup "$warmup" --max-frames "$max_frames" \
-      --repeat "$repeat" --workers "$workers" --device "$device" $profile 2>&1 | tee "$out/throughput_$1.md"
-  variants=train profile=  # the variants and the profile do not depend on the shards' format: once
+      --repeat "$repeat" --workers "$workers" --device "$device" 2>&1 | tee "$out/throughput_$1.md"
+  variants=train  # the variants do not depend on the shards' format: once
 }
 throughput "${fmts[0]}"
 
@@ -120,6 +121,15 @@ fi
 for fmt in "${fmts[@]:1}"; do
   throughput "$fmt"
 done
+
+# The profile in a process of its own, after the timed rows: every row timed after a profile in the
+# same process ran slower (the bare LSTM's too: 16,100-17,500x against 19,500-20,400x on an H200).
+if [ -n "${PROFILE-1}" ]; then
+  stage "profile"
+  timeout 150 $py benchmarks/train_throughput.py --shards "$long/train.index.json" --sizes $sizes --lstm-layouts $layouts \
+      --steps 5 --warmup "$warmup" --max-frames "$max_frames" --repeat "$repeat" --workers "$workers" --device "$device" \
+      --profile "$out/profile.txt" 2>&1 | tee "$out/throughput_profiled.md"
+fi
 
 stage "asr train, large config, $train_format shards"
 rm -rf "$work/exp"

@@ -14,6 +14,7 @@ batches have ~23,000), each without scaling and at ``--scale`` (asr train's star
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 
 import torch
@@ -31,6 +32,8 @@ FP16_ZERO_BELOW = 2.0**-25  # half of the smallest subnormal, 2^-24: rounds to z
 def lstm_output_grads(model, frontend, tokenizer, batch: dict) -> tuple[torch.Tensor, int]:
     """|dL/dy| at the LSTM stack's output, on the batch's valid frames (flat), and the batch's tokens."""
     captured = {}
+    # The padded layout returns the whole stack's output as one tensor to hook (the same values in every layout).
+    model.cfg = dataclasses.replace(model.cfg, lstm_layout="padded")
     run_lstm = model._lstm_padded
 
     def keep(x, lengths):

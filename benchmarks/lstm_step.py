@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=3)
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--seconds", type=float, default=5.0, help="the longest utterance; the others 80-100%% of it")
-    p.add_argument("--lstm-layouts", nargs="+", default=["padded"], choices=["padded", "packed", "split", "bare"])
+    p.add_argument("--lstm-layouts", nargs="+", default=[ModelConfig.lstm_layout], choices=["padded", "packed", "split", "bare"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, as training on a GPU")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=0)

@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--stride", type=int, default=4)
-    p.add_argument("--lstm-layout", default="padded", choices=["padded", "packed", "split"],
+    p.add_argument("--lstm-layout", default=ModelConfig.lstm_layout, choices=["padded", "packed", "split"],
                    help="the model's, in the rows from 'model' on")
     p.add_argument("--our-layouts", nargs="+", default=["padded", "split"], choices=["padded", "packed", "split"],
                    help="a row each of the LSTM layers alone in that layout")

@@ -123,7 +123,7 @@ def test_step_parts_builds_the_step_up_from_the_bare_lstm():
     assert [r[0] for r in rows] == ["bare nn.LSTM, forward + backward",
                                     "the same, one layer a call (not exact for padding)",
                                     "our LSTM layers alone (padded)", "our LSTM layers alone (split)",
-                                    "model (padded), summed log-probs",
+                                    "model (split), summed log-probs",  # the model's default layout
                                     "+ CTC loss, cuDNN's where it fits", "+ CTC loss, torch's (asr train's)",
                                     "+ features and SpecAugment", "+ gradient norm, read, optimizer",
                                     "+ batch from pinned host memory"]
@@ -158,10 +158,10 @@ def test_train_throughput_preloaded_row_trains_on_the_same_batches(train_shards)
                      "--warmup", "1",
                      "--max-frames", "400", "--workers", "1", "--threads", "1")
     rows = table_rows(out)
-    assert [r[0] for r in rows] == ["1x16 padded", "1x16 padded, preloaded", "1x16 padded, cudnn-ctc",
-                                    "1x16 padded, no-prefetch", "1x16 padded, reserved-cores",
-                                    "1x16 padded, classic-alloc", "1x16 padded, no-scaling",
-                                    "1x16 padded, all-threads"]
+    assert [r[0] for r in rows] == ["1x16 split", "1x16 split, preloaded", "1x16 split, cudnn-ctc",
+                                    "1x16 split, no-prefetch", "1x16 split, reserved-cores",
+                                    "1x16 split, classic-alloc", "1x16 split, no-scaling",
+                                    "1x16 split, all-threads"]
     assert len({r[5] for r in rows}) == 1  # the same batches in every row: the same padding fraction
     assert float(rows[1][6].rstrip("%")) < 1.0  # nothing to wait for once the batches are in memory
 
@@ -172,7 +172,7 @@ def test_train_throughput_pad_to_row_pads_batches_more(train_shards):
                      "--max-frames", "400", "--workers", "0", "--threads", "1", "--repeat", "2")
     assert f"{len(train_shards)} shards x 2 a pass" in out
     rows = table_rows(out)
-    assert [r[0] for r in rows] == ["1x16 padded", "1x16 padded, pad-to"]
+    assert [r[0] for r in rows] == ["1x16 split", "1x16 split, pad-to"]
     assert float(rows[1][5].rstrip("%")) > float(rows[0][5].rstrip("%"))  # more padding
     new = [int(m) for m in re.findall(r"in the 6 timed steps, (\d+) batches of a shape not seen before", out)]
     assert len(new) == 2 and 0 <= new[1] <= new[0] <= 6  # (fewer shapes: tests/test_shards.py)

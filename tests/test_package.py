@@ -144,7 +144,7 @@ def test_frame_shift_follows_the_model_stride(tmp_path, stride):
 
 def test_a_package_leaves_out_how_its_lstm_ran(tmp_path):
     """model.lstm_layout is the reader's choice: a model trained packed loads with the default
-    (padded, the faster one), and the saved config has no key an older reader would refuse."""
+    (split, the fastest), and the saved config has no key an older reader would refuse."""
     import dataclasses
     tok = CharTokenizer()
     model = AcousticModel(ModelConfig(hidden=16, layers=2, lstm_layout="packed"), N_MELS, tok.vocab_size)
@@ -152,4 +152,4 @@ def test_a_package_leaves_out_how_its_lstm_ran(tmp_path):
     raw = torch.load(tmp_path / "m.pt", weights_only=False)
     assert "lstm_layout" not in raw["model_config"] and raw["model_config"]["hidden"] == 16
     pkg = load_package(tmp_path / "m.pt")
-    assert pkg.model.cfg == dataclasses.replace(model.cfg, lstm_layout="padded")
+    assert pkg.model.cfg == dataclasses.replace(model.cfg, lstm_layout=ModelConfig.lstm_layout)
